@@ -1,0 +1,135 @@
+//! The guard XDP program: parse, then decide once per packet (allow, deny, ban, rate limit),
+//! then record the verdict in one place.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod limit;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+
+#[cfg(target_arch = "bpf")]
+mod program {
+    use aya_ebpf::{
+        bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, maps::lpm_trie::Key,
+        programs::XdpContext,
+    };
+    use guard_common::{
+        Config, FLAG_DRY_RUN, ListEntry, capacity, reason, source_key_v4, source_key_v6,
+    };
+
+    use crate::{
+        limit,
+        maps::{ALLOW_V4, ALLOW_V6, CONFIG, DENY_V4, DENY_V6, STATS},
+        parse::{self, Parsed, Source},
+    };
+
+    #[xdp]
+    pub fn guard(ctx: XdpContext) -> u32 {
+        let len = (ctx.data_end() - ctx.data()) as u64;
+        // An unreadable config (never expected: an array slot always exists) reads as zero:
+        // no rate limits, not dry-run. The lists still apply.
+        let cfg = match CONFIG.get(0) {
+            Some(c) => *c,
+            None => Config::default(),
+        };
+        let why = judge(&ctx, &cfg, len);
+        record(&ctx, &cfg, why, len)
+    }
+
+    /// The one exit: counts the verdict per interface and CPU, and turns it into an action.
+    #[inline(always)]
+    fn record(ctx: &XdpContext, cfg: &Config, why: usize, len: u64) -> u32 {
+        let drop = reason::drops(why);
+        let dry_run = cfg.flags & FLAG_DRY_RUN != 0;
+        let slot = (ctx.ingress_ifindex() as u32) % capacity::STATS_SLOTS;
+        if let Some(c) = STATS.get_ptr_mut(slot) {
+            // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
+            let c = unsafe { &mut *c };
+            if why < reason::COUNT {
+                c.packets[why] += 1;
+                c.bytes[why] += len;
+            }
+            if drop && dry_run {
+                c.packets[reason::WOULD_DROP] += 1;
+                c.bytes[reason::WOULD_DROP] += len;
+            }
+        }
+        if drop && !dry_run {
+            xdp_action::XDP_DROP
+        } else {
+            xdp_action::XDP_PASS
+        }
+    }
+
+    /// Decides the verdict reason, in the documented order: allow, deny, ban, limits, pass.
+    #[inline(always)]
+    fn judge(ctx: &XdpContext, cfg: &Config, len: u64) -> usize {
+        let pkt = match parse::parse(ctx) {
+            Parsed::NotIp => return reason::PASSED,
+            Parsed::Malformed => return reason::MALFORMED,
+            Parsed::Ip(p) => p,
+        };
+        if pkt.neighbour_discovery {
+            return reason::PASSED;
+        }
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let key = match pkt.src {
+            Source::V4(a) => {
+                let k = Key::new(32, a);
+                if live(ALLOW_V4.get(&k), now) {
+                    return reason::ALLOWED;
+                }
+                if live(DENY_V4.get(&k), now) {
+                    return reason::DENIED;
+                }
+                source_key_v4(a, cfg.v4_prefix_len)
+            }
+            Source::V6(a) => {
+                let k = Key::new(128, a);
+                if live(ALLOW_V6.get(&k), now) {
+                    return reason::ALLOWED;
+                }
+                if live(DENY_V6.get(&k), now) {
+                    return reason::DENIED;
+                }
+                source_key_v6(a, cfg.v6_prefix_len)
+            }
+        };
+        if limit::banned(&key, now) {
+            return reason::BANNED;
+        }
+        let why = limit::charge(&key, cfg, now, len, pkt.syn);
+        if why != reason::PASSED {
+            limit::ban(&key, cfg, now, why, ctx.ingress_ifindex() as u32);
+            return why;
+        }
+        if pkt.truncated {
+            reason::MALFORMED
+        } else {
+            reason::PASSED
+        }
+    }
+
+    /// A list entry matches until it expires (0 = never).
+    #[inline(always)]
+    fn live(entry: Option<&ListEntry>, now: u64) -> bool {
+        match entry {
+            Some(e) => e.expires_ns == 0 || e.expires_ns > now,
+            None => false,
+        }
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+        loop {}
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("guard-ebpf builds only for the bpfel-unknown-none target: use `cargo xtask build`");
+}

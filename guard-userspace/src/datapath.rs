@@ -1,0 +1,61 @@
+//! Kernel access behind a small trait, so the control plane (lists, TTLs, bans, health) can be
+//! tested without a kernel. `crate::ebpf::KernelDatapath` is the real one.
+use guard_common::{Ban, Config, Counters, ListEntry, SourceKey, SourceState};
+
+use crate::cidr::Cidr;
+
+/// Which CIDR list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum List {
+    Allow,
+    Deny,
+}
+
+impl List {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("map {map}: {op} failed")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("map {map} is full ({capacity} entries)")]
+    Full { map: &'static str, capacity: u32 },
+}
+
+/// What the control plane needs from the data plane.
+pub trait Datapath {
+    /// Now, on the clock the XDP program uses (`bpf_ktime_get_ns`: CLOCK_MONOTONIC).
+    fn now_ns(&self) -> u64;
+    fn config(&self) -> Result<Config, DatapathError>;
+    fn set_config(&mut self, cfg: &Config) -> Result<(), DatapathError>;
+    /// Inserts or replaces a list entry.
+    fn list_insert(
+        &mut self,
+        list: List,
+        cidr: &Cidr,
+        entry: ListEntry,
+    ) -> Result<(), DatapathError>;
+    /// Removes a list entry; false if it was not there.
+    fn list_remove(&mut self, list: List, cidr: &Cidr) -> Result<bool, DatapathError>;
+    fn list_entries(&self, list: List) -> Result<Vec<(Cidr, ListEntry)>, DatapathError>;
+    fn bans(&self) -> Result<Vec<(SourceKey, Ban)>, DatapathError>;
+    fn ban_insert(&mut self, key: &SourceKey, ban: &Ban) -> Result<(), DatapathError>;
+    /// Removes a ban; false if there was none.
+    fn ban_remove(&mut self, key: &SourceKey) -> Result<bool, DatapathError>;
+    /// Counters summed over CPUs, per stats slot (`ifindex % STATS_SLOTS`), non-zero slots only.
+    fn counters(&self) -> Result<Vec<(u32, Counters)>, DatapathError>;
+    /// The sources the tracker holds now.
+    fn sources(&self) -> Result<Vec<(SourceKey, SourceState)>, DatapathError>;
+}

@@ -1,0 +1,681 @@
+//! The embedded XDP object: loading it, attaching it (native, falling back to generic), pinning
+//! it so protection survives the daemon, adopting a previous run's pins, and the map access.
+use std::{
+    fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap, LpmTrie, MapData, MapError, MapType, PerCpuArray, RingBuf, lpm_trie::Key,
+    },
+    programs::{
+        ProgramError, TestRun, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use guard_common::{
+    Ban, BanEvent, Config, Counters, LAYOUT_VERSION, ListEntry, PROGRAM_NAME, SourceKey,
+    SourceState, capacity, map_names,
+};
+
+use crate::{
+    cidr::Cidr,
+    datapath::{Datapath, DatapathError, List},
+};
+
+/// The compiled guard-ebpf object, embedded at build time (see build.rs).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard.bpf.o"));
+
+/// Where bpffs is mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// How to attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) XDP, falling back to generic where the driver has none.
+    Auto,
+    Native,
+    Generic,
+}
+
+pub struct StartOptions {
+    pub interfaces: Vec<String>,
+    pub mode: AttachMode,
+    /// Pin directory root, e.g. /sys/fs/bpf/guard; state lives in its `v<LAYOUT_VERSION>/`.
+    pub pin_dir: PathBuf,
+}
+
+/// One interface the program is attached to.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    /// "native" or "generic".
+    pub mode: String,
+    /// True if the attachment was adopted from a previous run's pins (and its program
+    /// replaced in place, with no gap in protection).
+    pub adopted: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this guard binary was built without its XDP program: build it with `cargo xtask build`"
+    )]
+    NoObject,
+    #[error("loading the XDP object failed")]
+    Load(#[source] aya::EbpfError),
+    #[error("the XDP object has no program {PROGRAM_NAME:?} or map {0:?}")]
+    Missing(&'static str),
+    #[error("the kernel rejected the XDP program (verifier or permissions; are you root?)")]
+    Program(#[source] ProgramError),
+    #[error("interface {iface:?} does not exist")]
+    NoInterface { iface: String },
+    #[error("attaching to {iface} in {mode} mode failed")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mounting bpffs at {BPFFS} failed")]
+    Mount(#[source] io::Error),
+    #[error("{0}")]
+    Link(String),
+}
+
+/// The loaded program with its maps.
+pub struct Loaded {
+    pub datapath: KernelDatapath,
+    pub attachments: Vec<Attachment>,
+}
+
+/// The versioned directory that holds this layout's pins.
+pub fn versioned_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("v{LAYOUT_VERSION}"))
+}
+
+/// Mounts bpffs at /sys/fs/bpf unless something is mounted there already.
+///
+/// # Errors
+/// When the mount fails (not root, or no bpffs in this kernel).
+pub fn ensure_bpffs() -> Result<(), LoadError> {
+    let mounts = fs::read_to_string("/proc/self/mounts").map_err(|source| LoadError::Io {
+        op: "read",
+        path: "/proc/self/mounts".into(),
+        source,
+    })?;
+    if mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")
+    }) {
+        return Ok(());
+    }
+    fs::create_dir_all(BPFFS).map_err(LoadError::Mount)?;
+    let src = c"bpf";
+    let target = c"/sys/fs/bpf";
+    // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(LoadError::Mount(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// What each map must look like to be reused: type, key size, value size, capacity.
+fn expected_layout(name: &str) -> Option<(MapType, u32, u32, u32)> {
+    use std::mem::size_of;
+    let sz = |n: usize| n as u32;
+    Some(match name {
+        map_names::CONFIG => (MapType::Array, 4, sz(size_of::<Config>()), 1),
+        map_names::STATS => (
+            MapType::PerCpuArray,
+            4,
+            sz(size_of::<Counters>()),
+            capacity::STATS_SLOTS,
+        ),
+        map_names::ALLOW_V4 => (MapType::LpmTrie, 8, 8, capacity::ALLOW_V4),
+        map_names::ALLOW_V6 => (MapType::LpmTrie, 20, 8, capacity::ALLOW_V6),
+        map_names::DENY_V4 => (MapType::LpmTrie, 8, 8, capacity::DENY_V4),
+        map_names::DENY_V6 => (MapType::LpmTrie, 20, 8, capacity::DENY_V6),
+        map_names::SOURCES => (
+            MapType::LruHash,
+            16,
+            sz(size_of::<SourceState>()),
+            capacity::SOURCES,
+        ),
+        map_names::BANS => (MapType::Hash, 16, sz(size_of::<Ban>()), capacity::BANS),
+        map_names::EVENTS => (MapType::RingBuf, 0, 0, capacity::EVENTS),
+        _ => return None,
+    })
+}
+
+/// True if every pinned map under `dir` matches the layout this binary expects.
+fn pins_compatible(dir: &Path) -> Result<bool, String> {
+    for name in map_names::ALL {
+        let path = dir.join("maps").join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            aya::maps::MapInfo::from_pin(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let Some((ty, k, v, max)) = expected_layout(name) else {
+            return Ok(false);
+        };
+        let same = info.map_type().ok() == Some(ty)
+            && info.key_size() == k
+            && info.value_size() == v
+            && info.max_entries() == max;
+        if !same {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LoadError + use<> {
+    let path = path.to_path_buf();
+    move |source| LoadError::Io { op, path, source }
+}
+
+/// Loads the program. With `pin_dir`, each map is adopted from `<dir>/maps/<NAME>` if pinned
+/// there (keeping its contents) and pinned there if not.
+///
+/// # Errors
+/// When the object is missing, or the kernel refuses a map or the program.
+pub fn load(pin_dir: Option<&Path>) -> Result<KernelDatapath, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<(&str, PathBuf)> = match pin_dir {
+        Some(dir) => map_names::ALL
+            .iter()
+            .map(|n| (*n, dir.join("maps").join(n)))
+            .collect(),
+        None => Vec::new(),
+    };
+    if let Some(dir) = pin_dir {
+        let maps = dir.join("maps");
+        fs::create_dir_all(&maps).map_err(io_err("create", &maps))?;
+    }
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(LoadError::Load)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or(LoadError::Missing("program"))?
+        .try_into()
+        .map_err(LoadError::Program)?;
+    program.load().map_err(LoadError::Program)?;
+    KernelDatapath::new(ebpf)
+}
+
+fn if_index(iface: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// Pinned link files are `<iface>.<mode>`.
+fn link_pins(links_dir: &Path) -> Vec<(String, String, PathBuf)> {
+    let Ok(rd) = fs::read_dir(links_dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (iface, mode) = name.rsplit_once('.')?;
+            Some((iface.to_string(), mode.to_string(), e.path()))
+        })
+        .collect()
+}
+
+/// Loads (or adopts) the program and maps and attaches to every interface.
+///
+/// Pinned state of a previous run is adopted when its layout matches: the maps (lists, bans,
+/// counters) are reused and each pinned link gets the new program atomically
+/// (`BPF_LINK_UPDATE`), so protection never lapses. Incompatible pins are removed first.
+/// Links pinned for interfaces no longer configured are removed (detached).
+///
+/// # Errors
+/// When bpffs cannot be mounted, the program cannot be loaded, or an interface cannot be
+/// attached in the requested mode.
+pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
+    ensure_bpffs()?;
+    let dir = versioned_dir(&opts.pin_dir);
+    match pins_compatible(&dir) {
+        Ok(true) => {}
+        Ok(false) | Err(_) => {
+            log::warn!(
+                "pinned state under {} does not match this version's layout; replacing it",
+                dir.display()
+            );
+            remove_pins(&dir)?;
+        }
+    }
+    let mut datapath = load(Some(&dir))?;
+    let links_dir = dir.join("links");
+    fs::create_dir_all(&links_dir).map_err(io_err("create", &links_dir))?;
+    let pinned = link_pins(&links_dir);
+    let mut attachments = Vec::new();
+    for iface in &opts.interfaces {
+        let ifindex = if_index(iface).ok_or_else(|| LoadError::NoInterface {
+            iface: iface.clone(),
+        })?;
+        let program = datapath.program_mut()?;
+        if let Some((_, mode, path)) = pinned.iter().find(|(i, _, _)| i == iface) {
+            // Adopt: swap the new program into the pinned link in place.
+            match PinnedLink::from_pin(path) {
+                Ok(pl) => {
+                    let fd_link: FdLink = pl.into();
+                    let link = XdpLink::try_from(fd_link).map_err(|e| {
+                        LoadError::Link(format!("pinned link {}: {e}", path.display()))
+                    })?;
+                    program
+                        .attach_to_link(link)
+                        .map_err(|source| LoadError::Attach {
+                            iface: iface.clone(),
+                            mode: "adopted",
+                            source,
+                        })?;
+                    attachments.push(Attachment {
+                        iface: iface.clone(),
+                        ifindex,
+                        mode: mode.clone(),
+                        adopted: true,
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "pinned link {} is unusable ({e}); attaching afresh",
+                        path.display()
+                    );
+                    let _ = fs::remove_file(path);
+                }
+            }
+        }
+        let tries: &[(XdpMode, &str)] = match opts.mode {
+            AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+            AttachMode::Native => &[(XdpMode::Driver, "native")],
+            AttachMode::Generic => &[(XdpMode::Skb, "generic")],
+        };
+        let mut last_err = None;
+        let mut done = None;
+        for (mode, label) in tries {
+            match program.attach(iface, *mode) {
+                Ok(id) => {
+                    done = Some((id, *label));
+                    break;
+                }
+                Err(e) => {
+                    log::info!("{iface}: {label} XDP unavailable: {e}");
+                    last_err = Some((*label, e));
+                }
+            }
+        }
+        let Some((id, label)) = done else {
+            let (mode, source) = last_err.expect("at least one mode was tried");
+            return Err(LoadError::Attach {
+                iface: iface.clone(),
+                mode,
+                source,
+            });
+        };
+        let link = program.take_link(id).map_err(LoadError::Program)?;
+        let fd_link: FdLink = link.try_into().map_err(|e| {
+            LoadError::Link(format!(
+                "{iface}: the kernel attached without a BPF link ({e}); cannot pin it"
+            ))
+        })?;
+        let path = links_dir.join(format!("{iface}.{label}"));
+        fd_link
+            .pin(&path)
+            .map_err(|e| LoadError::Link(format!("pinning {}: {e}", path.display())))?;
+        attachments.push(Attachment {
+            iface: iface.clone(),
+            ifindex,
+            mode: label.to_string(),
+            adopted: false,
+        });
+    }
+    // Interfaces a previous run attached to but that are no longer configured.
+    for (iface, _, path) in &pinned {
+        if !opts.interfaces.contains(iface) {
+            log::info!("{iface}: no longer configured; detaching");
+            fs::remove_file(path).map_err(io_err("remove", path))?;
+        }
+    }
+    Ok(Loaded {
+        datapath,
+        attachments,
+    })
+}
+
+fn remove_pins(dir: &Path) -> Result<Vec<String>, LoadError> {
+    let mut detached = Vec::new();
+    for (iface, _, path) in link_pins(&dir.join("links")) {
+        fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        detached.push(iface);
+    }
+    for sub in ["links", "maps"] {
+        let d = dir.join(sub);
+        if let Ok(rd) = fs::read_dir(&d) {
+            for e in rd.filter_map(Result::ok) {
+                fs::remove_file(e.path()).map_err(io_err("remove", &e.path()))?;
+            }
+            fs::remove_dir(&d).map_err(io_err("remove", &d))?;
+        }
+    }
+    if dir.exists() {
+        fs::remove_dir(dir).map_err(io_err("remove", dir))?;
+    }
+    Ok(detached)
+}
+
+/// Detaches from every interface and removes the pins for good. Returns the interfaces it
+/// detached from.
+///
+/// # Errors
+/// When a pin cannot be removed.
+pub fn detach(pin_dir: &Path) -> Result<Vec<String>, LoadError> {
+    let detached = remove_pins(&versioned_dir(pin_dir))?;
+    // The root too, if nothing else lives there.
+    let _ = fs::remove_dir(pin_dir);
+    Ok(detached)
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |e| DatapathError::Map {
+        map,
+        op,
+        source: Box::new(e),
+    }
+}
+
+/// The data plane through its maps.
+pub struct KernelDatapath {
+    ebpf: Ebpf,
+    config: Array<MapData, Config>,
+    stats: PerCpuArray<MapData, Counters>,
+    allow_v4: LpmTrie<MapData, [u8; 4], ListEntry>,
+    allow_v6: LpmTrie<MapData, [u8; 16], ListEntry>,
+    deny_v4: LpmTrie<MapData, [u8; 4], ListEntry>,
+    deny_v6: LpmTrie<MapData, [u8; 16], ListEntry>,
+    sources: HashMap<MapData, SourceKey, SourceState>,
+    bans: HashMap<MapData, SourceKey, Ban>,
+    events: RingBuf<MapData>,
+}
+
+impl KernelDatapath {
+    fn new(mut ebpf: Ebpf) -> Result<Self, LoadError> {
+        fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, LoadError> {
+            let map = ebpf.take_map(name).ok_or(LoadError::Missing(name))?;
+            T::try_from(map).map_err(|source| LoadError::Map { map: name, source })
+        }
+        Ok(Self {
+            config: take(&mut ebpf, map_names::CONFIG)?,
+            stats: take(&mut ebpf, map_names::STATS)?,
+            allow_v4: take(&mut ebpf, map_names::ALLOW_V4)?,
+            allow_v6: take(&mut ebpf, map_names::ALLOW_V6)?,
+            deny_v4: take(&mut ebpf, map_names::DENY_V4)?,
+            deny_v6: take(&mut ebpf, map_names::DENY_V6)?,
+            sources: take(&mut ebpf, map_names::SOURCES)?,
+            bans: take(&mut ebpf, map_names::BANS)?,
+            events: take(&mut ebpf, map_names::EVENTS)?,
+            ebpf,
+        })
+    }
+
+    fn program_mut(&mut self) -> Result<&mut Xdp, LoadError> {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(LoadError::Missing("program"))?
+            .try_into()
+            .map_err(LoadError::Program)
+    }
+
+    /// Runs the program once on `packet` (BPF_PROG_TEST_RUN) and returns its XDP action.
+    ///
+    /// # Errors
+    /// When the kernel refuses the test run.
+    pub fn test_run(&mut self, packet: &[u8]) -> Result<u32, ProgramError> {
+        self.test_run_repeat(packet, 1).map(|(action, _)| action)
+    }
+
+    /// Runs the program `repeat` times on `packet`; returns the action and the mean run time.
+    ///
+    /// # Errors
+    /// When the kernel refuses the test run.
+    pub fn test_run_repeat(
+        &mut self,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), ProgramError> {
+        let program = self.program_mut().map_err(|_| ProgramError::NotLoaded)?;
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let result = program.test_run(opts)?;
+        Ok((result.return_value, result.duration))
+    }
+
+    /// New bans reported by the program since the last call (non-blocking).
+    pub fn take_events(&mut self) -> Vec<BanEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() >= std::mem::size_of::<BanEvent>() {
+                // SAFETY: the program writes a whole BanEvent; read_unaligned copes with the
+                // ring's 8-byte alignment and BanEvent is Pod.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<BanEvent>()) });
+            }
+        }
+        out
+    }
+}
+
+fn v4_key(c: &Cidr) -> Option<Key<[u8; 4]>> {
+    match c.addr() {
+        IpAddr::V4(a) => Some(Key::new(u32::from(c.prefix()), a.octets())),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn v6_key(c: &Cidr) -> Option<Key<[u8; 16]>> {
+    match c.addr() {
+        IpAddr::V6(a) => Some(Key::new(u32::from(c.prefix()), a.octets())),
+        IpAddr::V4(_) => None,
+    }
+}
+
+/// Maps a full-trie insert error to `Full`.
+fn insert_err(map: &'static str, capacity: u32) -> impl FnOnce(MapError) -> DatapathError {
+    move |e| match &e {
+        MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOSPC) => {
+            DatapathError::Full { map, capacity }
+        }
+        _ => DatapathError::Map {
+            map,
+            op: "insert",
+            source: Box::new(e),
+        },
+    }
+}
+
+fn absent_ok(r: Result<(), MapError>, map: &'static str) -> Result<bool, DatapathError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(MapError::SyscallError(s)) if s.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(false)
+        }
+        Err(e) => Err(map_err(map, "remove")(e)),
+    }
+}
+
+impl Datapath for KernelDatapath {
+    fn now_ns(&self) -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    fn config(&self) -> Result<Config, DatapathError> {
+        self.config
+            .get(&0, 0)
+            .map_err(map_err(map_names::CONFIG, "read"))
+    }
+
+    fn set_config(&mut self, cfg: &Config) -> Result<(), DatapathError> {
+        self.config
+            .set(0, cfg, 0)
+            .map_err(map_err(map_names::CONFIG, "write"))
+    }
+
+    fn list_insert(
+        &mut self,
+        list: List,
+        cidr: &Cidr,
+        entry: ListEntry,
+    ) -> Result<(), DatapathError> {
+        match (list, v4_key(cidr), v6_key(cidr)) {
+            (List::Allow, Some(k), _) => self
+                .allow_v4
+                .insert(&k, entry, 0)
+                .map_err(insert_err(map_names::ALLOW_V4, capacity::ALLOW_V4)),
+            (List::Allow, _, Some(k)) => self
+                .allow_v6
+                .insert(&k, entry, 0)
+                .map_err(insert_err(map_names::ALLOW_V6, capacity::ALLOW_V6)),
+            (List::Deny, Some(k), _) => self
+                .deny_v4
+                .insert(&k, entry, 0)
+                .map_err(insert_err(map_names::DENY_V4, capacity::DENY_V4)),
+            (List::Deny, _, Some(k)) => self
+                .deny_v6
+                .insert(&k, entry, 0)
+                .map_err(insert_err(map_names::DENY_V6, capacity::DENY_V6)),
+            (_, None, None) => unreachable!("a CIDR is IPv4 or IPv6"),
+        }
+    }
+
+    fn list_remove(&mut self, list: List, cidr: &Cidr) -> Result<bool, DatapathError> {
+        match (list, v4_key(cidr), v6_key(cidr)) {
+            (List::Allow, Some(k), _) => absent_ok(self.allow_v4.remove(&k), map_names::ALLOW_V4),
+            (List::Allow, _, Some(k)) => absent_ok(self.allow_v6.remove(&k), map_names::ALLOW_V6),
+            (List::Deny, Some(k), _) => absent_ok(self.deny_v4.remove(&k), map_names::DENY_V4),
+            (List::Deny, _, Some(k)) => absent_ok(self.deny_v6.remove(&k), map_names::DENY_V6),
+            (_, None, None) => unreachable!("a CIDR is IPv4 or IPv6"),
+        }
+    }
+
+    fn list_entries(&self, list: List) -> Result<Vec<(Cidr, ListEntry)>, DatapathError> {
+        let (v4, v6, n4, n6) = match list {
+            List::Allow => (
+                &self.allow_v4,
+                &self.allow_v6,
+                map_names::ALLOW_V4,
+                map_names::ALLOW_V6,
+            ),
+            List::Deny => (
+                &self.deny_v4,
+                &self.deny_v6,
+                map_names::DENY_V4,
+                map_names::DENY_V6,
+            ),
+        };
+        let mut out = Vec::new();
+        for item in v4.iter() {
+            let (k, v) = item.map_err(map_err(n4, "read"))?;
+            let addr = IpAddr::V4(Ipv4Addr::from(k.data()));
+            if let Some(c) = Cidr::new(addr, k.prefix_len() as u8) {
+                out.push((c, v));
+            }
+        }
+        for item in v6.iter() {
+            let (k, v) = item.map_err(map_err(n6, "read"))?;
+            let addr = IpAddr::V6(Ipv6Addr::from(k.data()));
+            if let Some(c) = Cidr::new(addr, k.prefix_len() as u8) {
+                out.push((c, v));
+            }
+        }
+        Ok(out)
+    }
+
+    fn bans(&self) -> Result<Vec<(SourceKey, Ban)>, DatapathError> {
+        self.bans
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(map_names::BANS, "read"))
+    }
+
+    fn ban_insert(&mut self, key: &SourceKey, ban: &Ban) -> Result<(), DatapathError> {
+        self.bans
+            .insert(key, ban, 0)
+            .map_err(insert_err(map_names::BANS, capacity::BANS))
+    }
+
+    fn ban_remove(&mut self, key: &SourceKey) -> Result<bool, DatapathError> {
+        absent_ok(self.bans.remove(key), map_names::BANS)
+    }
+
+    fn counters(&self) -> Result<Vec<(u32, Counters)>, DatapathError> {
+        let mut out = Vec::new();
+        for slot in 0..capacity::STATS_SLOTS {
+            let per_cpu = self
+                .stats
+                .get(&slot, 0)
+                .map_err(map_err(map_names::STATS, "read"))?;
+            let mut sum = Counters::default();
+            for c in per_cpu.iter() {
+                sum.add(c);
+            }
+            if sum != Counters::default() {
+                out.push((slot, sum));
+            }
+        }
+        Ok(out)
+    }
+
+    fn sources(&self) -> Result<Vec<(SourceKey, SourceState)>, DatapathError> {
+        // The LRU may evict entries while we walk it; a vanished key is simply skipped.
+        Ok(self.sources.iter().filter_map(Result::ok).collect())
+    }
+}

@@ -1,0 +1,633 @@
+//! Packet fixtures through BPF_PROG_TEST_RUN: the real XDP program, real maps, each case
+//! asserting the verdict and the counters it leaves.
+mod support;
+
+use guard::{
+    cidr::Cidr,
+    datapath::{Datapath, List},
+    ebpf::KernelDatapath,
+};
+use guard_common::{Ban, Config, FLAG_DRY_RUN, ListEntry, reason, source_key_v4, source_key_v6};
+use support::{
+    XDP_DROP, XDP_PASS, kernel_or_skip, limits,
+    packet::{Builder, TCP_ACK, TCP_SYN},
+    totals,
+};
+
+fn deny(k: &mut KernelDatapath, cidr: &str) {
+    k.list_insert(
+        List::Deny,
+        &cidr.parse::<Cidr>().unwrap(),
+        ListEntry::default(),
+    )
+    .unwrap();
+}
+
+fn allow(k: &mut KernelDatapath, cidr: &str) {
+    k.list_insert(
+        List::Allow,
+        &cidr.parse::<Cidr>().unwrap(),
+        ListEntry::default(),
+    )
+    .unwrap();
+}
+
+/// One packet, one verdict, the counters it leaves.
+struct Fixture {
+    description: &'static str,
+    packet: Vec<u8>,
+    setup: fn(&mut KernelDatapath),
+    verdict: u32,
+    /// (reason, packets) pairs expected in the counters; every other reason must be 0.
+    counters: &'static [(usize, u64)],
+}
+
+fn no_setup(_: &mut KernelDatapath) {}
+
+fn table() -> Vec<Fixture> {
+    vec![
+        Fixture {
+            description: "ipv4 udp under the limit passes",
+            packet: Builder::v4("198.18.0.10").build(),
+            setup: |k| k.set_config(&limits(100, 100, 10, 10, 60)).unwrap(),
+            verdict: XDP_PASS,
+            counters: &[(reason::PASSED, 1)],
+        },
+        Fixture {
+            description: "ipv4 source in a deny cidr is dropped",
+            packet: Builder::v4("198.18.7.9").build(),
+            setup: |k| deny(k, "198.18.7.0/24"),
+            verdict: XDP_DROP,
+            counters: &[(reason::DENIED, 1)],
+        },
+        Fixture {
+            description: "ipv6 source in a deny cidr is dropped",
+            packet: Builder::v6("fd00:7::9").build(),
+            setup: |k| deny(k, "fd00:7::/32"),
+            verdict: XDP_DROP,
+            counters: &[(reason::DENIED, 1)],
+        },
+        Fixture {
+            description: "source in both allow and deny lists passes (allow wins)",
+            packet: Builder::v4("198.18.7.9").build(),
+            setup: |k| {
+                deny(k, "198.18.0.0/15");
+                allow(k, "198.18.7.9/32");
+            },
+            verdict: XDP_PASS,
+            counters: &[(reason::ALLOWED, 1)],
+        },
+        Fixture {
+            description: "a source just outside a deny cidr passes",
+            packet: Builder::v4("198.18.8.1").build(),
+            setup: |k| deny(k, "198.18.7.0/24"),
+            verdict: XDP_PASS,
+            counters: &[(reason::PASSED, 1)],
+        },
+        Fixture {
+            description: "an expired deny entry no longer matches",
+            packet: Builder::v4("198.18.7.9").build(),
+            setup: |k| {
+                let entry = ListEntry {
+                    expires_ns: k.now_ns() - 1,
+                };
+                k.list_insert(List::Deny, &"198.18.7.0/24".parse().unwrap(), entry)
+                    .unwrap();
+            },
+            verdict: XDP_PASS,
+            counters: &[(reason::PASSED, 1)],
+        },
+        Fixture {
+            description: "802.1Q-tagged denied source drops",
+            packet: Builder::v4("198.18.7.9").vlan(0x8100).build(),
+            setup: |k| deny(k, "198.18.7.0/24"),
+            verdict: XDP_DROP,
+            counters: &[(reason::DENIED, 1)],
+        },
+        Fixture {
+            description: "QinQ-tagged (802.1ad + 802.1Q) denied source drops",
+            packet: Builder::v4("198.18.7.9").vlan(0x88a8).vlan(0x8100).build(),
+            setup: |k| deny(k, "198.18.7.0/24"),
+            verdict: XDP_DROP,
+            counters: &[(reason::DENIED, 1)],
+        },
+        Fixture {
+            description: "QinQ-tagged ipv6 denied source drops",
+            packet: Builder::v6("fd00:7::9").vlan(0x88a8).vlan(0x8100).build(),
+            setup: |k| deny(k, "fd00:7::/32"),
+            verdict: XDP_DROP,
+            counters: &[(reason::DENIED, 1)],
+        },
+        Fixture {
+            description: "three VLAN tags are malformed and pass",
+            packet: Builder::v4("198.18.7.9")
+                .vlan(0x88a8)
+                .vlan(0x8100)
+                .vlan(0x8100)
+                .build(),
+            setup: |k| deny(k, "198.18.7.0/24"),
+            verdict: XDP_PASS,
+            counters: &[(reason::MALFORMED, 1)],
+        },
+        Fixture {
+            description: "ipv4 with 40 bytes of options from a denied source drops",
+            packet: Builder::v4("198.18.7.9").options(40).tcp(TCP_SYN).build(),
+            setup: |k| deny(k, "198.18.7.0/24"),
+            verdict: XDP_DROP,
+            counters: &[(reason::DENIED, 1)],
+        },
+        Fixture {
+            description: "ARP passes under deny-all",
+            packet: Builder::arp().build(),
+            setup: |k| {
+                deny(k, "0.0.0.0/0");
+                deny(k, "::/0");
+            },
+            verdict: XDP_PASS,
+            counters: &[(reason::PASSED, 1)],
+        },
+        Fixture {
+            description: "IPv6 neighbour solicitation passes under deny-all",
+            packet: Builder::v6("fe80::1").icmp6(135).hop_limit(255).build(),
+            setup: |k| {
+                deny(k, "0.0.0.0/0");
+                deny(k, "::/0");
+            },
+            verdict: XDP_PASS,
+            counters: &[(reason::PASSED, 1)],
+        },
+        Fixture {
+            description: "IPv6 router advertisement passes under deny-all",
+            packet: Builder::v6("fe80::1").icmp6(134).hop_limit(255).build(),
+            setup: |k| deny(k, "::/0"),
+            verdict: XDP_PASS,
+            counters: &[(reason::PASSED, 1)],
+        },
+        Fixture {
+            description: "ND-typed ICMPv6 with a forwarded hop limit is not exempt",
+            packet: Builder::v6("fd00:7::9").icmp6(135).hop_limit(64).build(),
+            setup: |k| deny(k, "::/0"),
+            verdict: XDP_DROP,
+            counters: &[(reason::DENIED, 1)],
+        },
+        Fixture {
+            description: "ICMPv6 echo from a denied source drops",
+            packet: Builder::v6("fd00:7::9").icmp6(128).build(),
+            setup: |k| deny(k, "::/0"),
+            verdict: XDP_DROP,
+            counters: &[(reason::DENIED, 1)],
+        },
+        Fixture {
+            description: "ipv4 with a bad IHL is malformed and passes",
+            packet: {
+                let mut p = Builder::v4("198.18.7.9").build();
+                p[14] = 0x44;
+                p
+            },
+            setup: |k| deny(k, "0.0.0.0/0"),
+            verdict: XDP_PASS,
+            counters: &[(reason::MALFORMED, 1)],
+        },
+        Fixture {
+            description: "an IP version that does not match the ethertype is malformed",
+            packet: {
+                let mut p = Builder::v6("fd00:7::9").build();
+                p[14] = 0x45;
+                p
+            },
+            setup: |k| deny(k, "::/0"),
+            verdict: XDP_PASS,
+            counters: &[(reason::MALFORMED, 1)],
+        },
+        Fixture {
+            description: "a truncated TCP header from an unlisted source passes as malformed",
+            packet: {
+                let mut p = Builder::v4("198.18.7.9").tcp(TCP_SYN).build();
+                p.truncate(14 + 20 + 10);
+                p
+            },
+            setup: no_setup,
+            verdict: XDP_PASS,
+            counters: &[(reason::MALFORMED, 1)],
+        },
+        Fixture {
+            description: "a truncated TCP header from a denied source still drops",
+            packet: {
+                let mut p = Builder::v4("198.18.7.9").tcp(TCP_SYN).build();
+                p.truncate(14 + 20 + 10);
+                p
+            },
+            setup: |k| deny(k, "198.18.7.0/24"),
+            verdict: XDP_DROP,
+            counters: &[(reason::DENIED, 1)],
+        },
+        Fixture {
+            description: "dry-run passes a denied source and counts it as would-drop",
+            packet: Builder::v4("198.18.7.9").build(),
+            setup: |k| {
+                deny(k, "198.18.7.0/24");
+                k.set_config(&Config {
+                    flags: FLAG_DRY_RUN,
+                    ..Config::default()
+                })
+                .unwrap();
+            },
+            verdict: XDP_PASS,
+            counters: &[(reason::DENIED, 1), (reason::WOULD_DROP, 1)],
+        },
+        Fixture {
+            description: "a banned source drops",
+            packet: Builder::v4("198.18.7.9").build(),
+            setup: |k| {
+                let now = k.now_ns();
+                let ban = Ban {
+                    expires_ns: now + 60_000_000_000,
+                    since_ns: now,
+                    reason: reason::RATE_LIMITED as u32,
+                    _pad: 0,
+                };
+                k.ban_insert(&source_key_v4([198, 18, 7, 9], 32), &ban)
+                    .unwrap();
+            },
+            verdict: XDP_DROP,
+            counters: &[(reason::BANNED, 1)],
+        },
+        Fixture {
+            description: "an allow-listed source passes even when banned",
+            packet: Builder::v4("198.18.7.9").build(),
+            setup: |k| {
+                allow(k, "198.18.7.9");
+                let now = k.now_ns();
+                let ban = Ban {
+                    expires_ns: now + 60_000_000_000,
+                    since_ns: now,
+                    reason: reason::RATE_LIMITED as u32,
+                    _pad: 0,
+                };
+                k.ban_insert(&source_key_v4([198, 18, 7, 9], 32), &ban)
+                    .unwrap();
+            },
+            verdict: XDP_PASS,
+            counters: &[(reason::ALLOWED, 1)],
+        },
+    ]
+}
+
+#[test]
+fn fixture_table() {
+    let Some(_) = kernel_or_skip("fixture_table") else {
+        return;
+    };
+    for f in table() {
+        // A fresh program and maps per case: no state leaks between them.
+        let mut k = kernel_or_skip(f.description).expect("loaded above");
+        (f.setup)(&mut k);
+        let verdict = k.test_run(&f.packet).expect("test run");
+        assert_eq!(verdict, f.verdict, "{}: verdict", f.description);
+        let c = totals(&k);
+        for r in 0..reason::COUNT {
+            let want = f
+                .counters
+                .iter()
+                .find(|(rr, _)| *rr == r)
+                .map_or(0, |(_, n)| *n);
+            assert_eq!(
+                c.packets[r],
+                want,
+                "{}: counter {} (all: {:?})",
+                f.description,
+                reason::NAMES[r],
+                c.packets
+            );
+        }
+        let bytes = f.packet.len() as u64;
+        assert_eq!(c.total_bytes(), bytes, "{}: bytes", f.description);
+    }
+}
+
+fn run_n(k: &mut KernelDatapath, packet: &[u8], n: usize) -> Vec<u32> {
+    (0..n).map(|_| k.test_run(packet).unwrap()).collect()
+}
+
+#[test]
+fn over_limit_source_drops_after_the_burst_and_is_banned_with_an_expiry() {
+    let Some(mut k) = kernel_or_skip("over_limit") else {
+        return;
+    };
+    // 1 pps: over the few microseconds of this test the bucket refills nothing.
+    k.set_config(&limits(1, 3, 0, 0, 60)).unwrap();
+    let attacker = Builder::v4("198.18.5.5").build();
+    let before = k.now_ns();
+    let v = run_n(&mut k, &attacker, 5);
+    assert_eq!(v, [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP]);
+    let c = totals(&k);
+    assert_eq!(c.packets[reason::PASSED], 3);
+    assert_eq!(c.packets[reason::RATE_LIMITED], 1);
+    assert_eq!(c.packets[reason::BANNED], 1);
+
+    let bans = k.bans().unwrap();
+    assert_eq!(bans.len(), 1);
+    let (key, ban) = bans[0];
+    assert_eq!(key, source_key_v4([198, 18, 5, 5], 32));
+    assert_eq!(ban.reason, reason::RATE_LIMITED as u32);
+    assert!(ban.expires_ns >= before + 60_000_000_000);
+    assert!(ban.expires_ns <= k.now_ns() + 60_000_000_000);
+
+    let events = k.take_events();
+    assert_eq!(events.len(), 1, "one event per new ban");
+    assert_eq!(events[0].source, key);
+    assert_eq!(events[0].expires_ns, ban.expires_ns);
+
+    // A second source is untouched.
+    let other = Builder::v4("198.18.5.6").build();
+    assert_eq!(k.test_run(&other).unwrap(), XDP_PASS);
+}
+
+#[test]
+fn an_expired_ban_lets_the_source_pass_again() {
+    let Some(mut k) = kernel_or_skip("expired_ban") else {
+        return;
+    };
+    let key = source_key_v4([198, 18, 5, 5], 32);
+    let now = k.now_ns();
+    let ban = Ban {
+        expires_ns: now - 1,
+        since_ns: now - 60_000_000_000,
+        reason: reason::RATE_LIMITED as u32,
+        _pad: 0,
+    };
+    k.ban_insert(&key, &ban).unwrap();
+    assert_eq!(
+        k.test_run(&Builder::v4("198.18.5.5").build()).unwrap(),
+        XDP_PASS
+    );
+    assert!(
+        k.bans().unwrap().is_empty(),
+        "the program removes an expired ban"
+    );
+    assert_eq!(totals(&k).packets[reason::PASSED], 1);
+}
+
+#[test]
+fn two_ipv6_sources_in_one_slash64_share_a_bucket_and_another_slash64_does_not() {
+    let Some(mut k) = kernel_or_skip("v6_slash64") else {
+        return;
+    };
+    k.set_config(&limits(1, 2, 0, 0, 0)).unwrap();
+    let a = Builder::v6("fd00:1:2:3::a").build();
+    let b = Builder::v6("fd00:1:2:3:ffff::b").build();
+    let c = Builder::v6("fd00:1:2:4::a").build();
+    assert_eq!(k.test_run(&a).unwrap(), XDP_PASS);
+    assert_eq!(k.test_run(&b).unwrap(), XDP_PASS);
+    assert_eq!(
+        k.test_run(&a).unwrap(),
+        XDP_DROP,
+        "the /64 spent its burst of 2"
+    );
+    assert_eq!(k.test_run(&b).unwrap(), XDP_DROP);
+    assert_eq!(
+        k.test_run(&c).unwrap(),
+        XDP_PASS,
+        "another /64 has its own bucket"
+    );
+    let tracked: Vec<_> = k.sources().unwrap().into_iter().map(|(s, _)| s).collect();
+    let ab = source_key_v6(
+        "fd00:1:2:3::"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+        64,
+    );
+    assert!(tracked.contains(&ab));
+    assert_eq!(tracked.len(), 2);
+    assert_eq!(totals(&k).packets[reason::RATE_LIMITED], 2);
+}
+
+#[test]
+fn ipv6_prefix_is_configurable() {
+    let Some(mut k) = kernel_or_skip("v6_prefix") else {
+        return;
+    };
+    k.set_config(&Config {
+        v6_prefix_len: 128,
+        ..limits(1, 1, 0, 0, 0)
+    })
+    .unwrap();
+    assert_eq!(
+        k.test_run(&Builder::v6("fd00:1::a").build()).unwrap(),
+        XDP_PASS
+    );
+    assert_eq!(
+        k.test_run(&Builder::v6("fd00:1::b").build()).unwrap(),
+        XDP_PASS
+    );
+    assert_eq!(
+        k.test_run(&Builder::v6("fd00:1::a").build()).unwrap(),
+        XDP_DROP
+    );
+}
+
+#[test]
+fn ipv4_options_do_not_hide_the_tcp_header() {
+    let Some(mut k) = kernel_or_skip("ipv4_options") else {
+        return;
+    };
+    k.set_config(&limits(0, 0, 1, 1, 0)).unwrap();
+    for opts in [4, 20, 40] {
+        let syn = Builder::v4(&format!("198.18.9.{opts}"))
+            .options(opts)
+            .tcp(TCP_SYN)
+            .build();
+        assert_eq!(
+            k.test_run(&syn).unwrap(),
+            XDP_PASS,
+            "options {opts}: first SYN"
+        );
+        assert_eq!(
+            k.test_run(&syn).unwrap(),
+            XDP_DROP,
+            "options {opts}: second SYN"
+        );
+    }
+    assert_eq!(totals(&k).packets[reason::SYN_LIMITED], 3);
+}
+
+#[test]
+fn ipv6_behind_extension_headers_is_parsed_to_tcp() {
+    let Some(mut k) = kernel_or_skip("ipv6_ext") else {
+        return;
+    };
+    k.set_config(&limits(0, 0, 1, 1, 0)).unwrap();
+    let syn = Builder::v6("fd00:9::1")
+        .ext(0)
+        .ext(43)
+        .ext(60)
+        .tcp(TCP_SYN)
+        .build();
+    assert_eq!(k.test_run(&syn).unwrap(), XDP_PASS);
+    assert_eq!(k.test_run(&syn).unwrap(), XDP_DROP);
+    // A first fragment carries the TCP header too.
+    let frag0 = Builder::v6("fd00:a::1")
+        .ext(0)
+        .tcp(TCP_SYN)
+        .fragment(0)
+        .build();
+    assert_eq!(k.test_run(&frag0).unwrap(), XDP_PASS);
+    assert_eq!(k.test_run(&frag0).unwrap(), XDP_DROP);
+    assert_eq!(totals(&k).packets[reason::SYN_LIMITED], 2);
+}
+
+#[test]
+fn a_non_first_fragment_counts_against_its_source() {
+    let Some(mut k) = kernel_or_skip("fragments") else {
+        return;
+    };
+    k.set_config(&limits(1, 2, 1, 1, 0)).unwrap();
+    for (first, rest) in [
+        (
+            Builder::v4("198.18.3.3").tcp(TCP_SYN).fragment(0).build(),
+            Builder::v4("198.18.3.3").fragment(185).build(),
+        ),
+        (
+            Builder::v6("fd00:3::3").tcp(TCP_SYN).fragment(0).build(),
+            Builder::v6("fd00:3::3").ext(60).fragment(185).build(),
+        ),
+    ] {
+        assert_eq!(k.test_run(&first).unwrap(), XDP_PASS);
+        assert_eq!(k.test_run(&rest).unwrap(), XDP_PASS);
+        assert_eq!(
+            k.test_run(&rest).unwrap(),
+            XDP_DROP,
+            "the third packet is over the burst"
+        );
+    }
+    let c = totals(&k);
+    assert_eq!(c.packets[reason::RATE_LIMITED], 2);
+    // Non-first fragments carry no TCP header: no SYN was misread from their payload.
+    assert_eq!(c.packets[reason::SYN_LIMITED], 0);
+}
+
+#[test]
+fn syn_flood_is_limited_while_established_packets_are_judged_by_the_packet_limit() {
+    let Some(mut k) = kernel_or_skip("syn_flood") else {
+        return;
+    };
+    // No bans: this case is about the buckets.
+    k.set_config(&limits(1000, 1000, 1, 2, 0)).unwrap();
+    let syn = Builder::v4("198.18.4.4").tcp(TCP_SYN).build();
+    let ack = Builder::v4("198.18.4.4").tcp(TCP_ACK).build();
+    let synack = Builder::v4("198.18.4.4").tcp(TCP_SYN | TCP_ACK).build();
+    assert_eq!(
+        run_n(&mut k, &syn, 4),
+        [XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP]
+    );
+    assert!(run_n(&mut k, &ack, 20).iter().all(|v| *v == XDP_PASS));
+    assert!(
+        run_n(&mut k, &synack, 5).iter().all(|v| *v == XDP_PASS),
+        "SYN+ACK is not a SYN"
+    );
+    let c = totals(&k);
+    assert_eq!(c.packets[reason::SYN_LIMITED], 2);
+    assert_eq!(c.packets[reason::PASSED], 27);
+}
+
+#[test]
+fn a_syn_flood_with_bans_on_bans_the_source() {
+    let Some(mut k) = kernel_or_skip("syn_ban") else {
+        return;
+    };
+    k.set_config(&limits(1000, 1000, 1, 1, 30)).unwrap();
+    let syn = Builder::v4("198.18.4.5").tcp(TCP_SYN).build();
+    let ack = Builder::v4("198.18.4.5").tcp(TCP_ACK).build();
+    assert_eq!(run_n(&mut k, &syn, 2), [XDP_PASS, XDP_DROP]);
+    assert_eq!(
+        k.test_run(&ack).unwrap(),
+        XDP_DROP,
+        "the source is banned now"
+    );
+    let bans = k.bans().unwrap();
+    assert_eq!(bans[0].1.reason, reason::SYN_LIMITED as u32);
+    let c = totals(&k);
+    assert_eq!(c.packets[reason::SYN_LIMITED], 1);
+    assert_eq!(c.packets[reason::BANNED], 1);
+}
+
+#[test]
+fn dry_run_makes_every_decision_but_passes() {
+    let Some(mut k) = kernel_or_skip("dry_run") else {
+        return;
+    };
+    k.set_config(&Config {
+        flags: FLAG_DRY_RUN,
+        ..limits(1, 1, 0, 0, 60)
+    })
+    .unwrap();
+    let p = Builder::v4("198.18.6.6").build();
+    assert_eq!(run_n(&mut k, &p, 3), [XDP_PASS, XDP_PASS, XDP_PASS]);
+    let c = totals(&k);
+    assert_eq!(c.packets[reason::PASSED], 1);
+    assert_eq!(c.packets[reason::RATE_LIMITED], 1);
+    assert_eq!(c.packets[reason::BANNED], 1);
+    assert_eq!(c.packets[reason::WOULD_DROP], 2);
+    assert_eq!(
+        k.bans().unwrap().len(),
+        1,
+        "dry-run records the ban it would make"
+    );
+}
+
+#[test]
+fn every_truncation_of_a_valid_packet_passes_without_an_abort() {
+    let Some(mut k) = kernel_or_skip("truncations") else {
+        return;
+    };
+    let packets = [
+        Builder::v4("198.18.1.1").tcp(TCP_SYN).options(40).build(),
+        Builder::v4("198.18.1.1").vlan(0x88a8).vlan(0x8100).build(),
+        Builder::v4("198.18.1.1").fragment(10).build(),
+        Builder::v6("fd00:1::1")
+            .ext(0)
+            .ext(43)
+            .ext(60)
+            .tcp(TCP_SYN)
+            .build(),
+        Builder::v6("fd00:1::1")
+            .ext(0)
+            .fragment(0)
+            .tcp(TCP_ACK)
+            .build(),
+        Builder::v6("fe80::1").icmp6(135).hop_limit(255).build(),
+        Builder::arp().build(),
+    ];
+    let mut runs = 0u64;
+    for p in &packets {
+        // BPF_PROG_TEST_RUN needs at least an Ethernet header's worth of data.
+        for len in 0..=p.len() {
+            match k.test_run(&p[..len]) {
+                Ok(v) => {
+                    assert_eq!(v, XDP_PASS, "length {len} of {p:02x?}");
+                    runs += 1;
+                }
+                Err(e) if len < 14 => {
+                    // The kernel refuses frames shorter than an Ethernet header (EINVAL):
+                    // the program never sees them.
+                    let _ = e;
+                }
+                Err(e) => panic!("length {len}: test run failed: {e}"),
+            }
+        }
+    }
+    let c = totals(&k);
+    assert_eq!(c.total_packets(), runs);
+    for r in [
+        reason::DENIED,
+        reason::BANNED,
+        reason::RATE_LIMITED,
+        reason::SYN_LIMITED,
+    ] {
+        assert_eq!(
+            c.packets[r], 0,
+            "nothing was dropped with no lists and no limits"
+        );
+    }
+}
