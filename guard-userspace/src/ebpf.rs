@@ -244,7 +244,7 @@ fn if_index(iface: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
-/// Pinned link files are `<iface>.<mode>`.
+/// Pinned link files are `<iface>@<mode>` (bpffs refuses names with a dot).
 fn link_pins(links_dir: &Path) -> Vec<(String, String, PathBuf)> {
     let Ok(rd) = fs::read_dir(links_dir) else {
         return Vec::new();
@@ -252,7 +252,7 @@ fn link_pins(links_dir: &Path) -> Vec<(String, String, PathBuf)> {
     rd.filter_map(Result::ok)
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let (iface, mode) = name.rsplit_once('.')?;
+            let (iface, mode) = name.rsplit_once('@')?;
             Some((iface.to_string(), mode.to_string(), e.path()))
         })
         .collect()
@@ -356,7 +356,7 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
                 "{iface}: the kernel attached without a BPF link ({e}); cannot pin it"
             ))
         })?;
-        let path = links_dir.join(format!("{iface}.{label}"));
+        let path = links_dir.join(format!("{iface}@{label}"));
         fd_link
             .pin(&path)
             .map_err(|e| LoadError::Link(format!("pinning {}: {e}", path.display())))?;

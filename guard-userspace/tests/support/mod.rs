@@ -1,6 +1,7 @@
 //! Shared test support: the packet builder, and loading the real program for fixtures.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod packet;
 
 use guard::{datapath::Datapath, ebpf::KernelDatapath};
