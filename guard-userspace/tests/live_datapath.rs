@@ -174,7 +174,7 @@ fn pins_keep_protection_when_the_loader_dies_and_a_new_start_adopts_them() {
         "protection survives the loader"
     );
 
-    let mut second = start_in(&b, AttachMode::Generic);
+    let second = start_in(&b, AttachMode::Generic);
     assert!(
         second.attachments.iter().all(|a| a.adopted),
         "{:?}",
