@@ -1,0 +1,135 @@
+//! `guard run`, `guard config default|check` and `guard detach`: the daemon's lifecycle and
+//! its configuration, as the operator drives them.
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::ClientArgs;
+use crate::{
+    api::{ApiError, Reply, Request},
+    config::{self, ConfigSource, DEFAULT_TOML, Overrides, Settings, mode_name},
+    daemon::{self, RunOptions},
+    duration::Human,
+    ebpf,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// TOML config file (default: the built-in config, `guard config default`).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCmd {
+    /// Print the built-in default config, every key commented.
+    Default,
+    /// Validate a config file (without PATH: the built-in default) and exit 0, or name the
+    /// problem with its line and field.
+    Check {
+        #[arg(value_name = "PATH")]
+        path: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DetachArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Where the pins are, if no daemon answers on the socket.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/guard")]
+    pin_dir: PathBuf,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs { config, overrides } = args;
+    daemon::init_logging();
+    daemon::run(RunOptions { config, overrides }).context("cannot start the guard daemon")
+}
+
+pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
+    match cmd {
+        ConfigCmd::Default => {
+            print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+        ConfigCmd::Check { path } => {
+            let s = Settings::load(path.as_deref())?;
+            let Settings {
+                source,
+                datapath,
+                limits: l,
+                control,
+                state,
+            } = &s;
+            let what = match source {
+                ConfigSource::Embedded => "the built-in default config".to_string(),
+                ConfigSource::File(p) => p.display().to_string(),
+            };
+            println!("{what} is valid:");
+            let interfaces = if datapath.interfaces.is_empty() {
+                match config::default_route_interfaces() {
+                    Ok(found) => format!("(default route) {}", found.join(", ")),
+                    Err(e) => format!("(default route) none found: {e}"),
+                }
+            } else {
+                datapath.interfaces.join(", ")
+            };
+            println!("  interfaces   {interfaces}");
+            println!(
+                "  mode         {}{}",
+                mode_name(datapath.mode),
+                if datapath.dry_run { ", dry run" } else { "" }
+            );
+            println!(
+                "  limits       {} pps (burst {}), {} SYN/s (burst {}), bans {}",
+                l.pps,
+                l.burst,
+                l.syn_pps,
+                l.syn_burst,
+                Human(std::time::Duration::from_secs(l.ban_seconds))
+            );
+            println!(
+                "  sources      per /{} (IPv4), per /{} (IPv6)",
+                l.ipv4_prefix, l.ipv6_prefix
+            );
+            println!("  pins         {}", datapath.pin_dir.display());
+            println!("  socket       {}", control.socket.display());
+            println!("  state        {}", state.dir.display());
+            Ok(())
+        }
+    }
+}
+
+pub fn detach(args: &DetachArgs) -> anyhow::Result<()> {
+    let DetachArgs { client, pin_dir } = args;
+    let interfaces = match client.call(&Request::Detach) {
+        Ok(Reply::Detached { interfaces }) => interfaces,
+        Ok(other) => return Err(super::unexpected(&other)),
+        Err(e) => match e.downcast_ref::<ApiError>() {
+            // No daemon: detach here, from the pins.
+            Some(ApiError::Connect { .. }) => ebpf::detach(pin_dir).with_context(|| {
+                format!(
+                    "no daemon answered on {}, and detaching from the pins under {} failed",
+                    client.socket.display(),
+                    pin_dir.display()
+                )
+            })?,
+            _ => return Err(e),
+        },
+    };
+    if client.json {
+        return super::print_json(&serde_json::json!({ "detached": interfaces }));
+    }
+    if interfaces.is_empty() {
+        println!("nothing was attached; the pins are gone");
+    } else {
+        println!(
+            "detached from {}; the pins are removed and the daemon has stopped",
+            interfaces.join(", ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,943 @@
+//! The daemon's configuration: a TOML file (or the embedded default) parsed raw, then validated
+//! into [`Settings`], with `guard run` flags applied on top; errors name line, field and range.
+use std::{
+    fmt, fs,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use guard_common::{Config, FLAG_DRY_RUN, MAX_RATE};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::ebpf::AttachMode;
+
+/// The embedded default configuration, every key commented (`guard config default`).
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// The longest ban accepted: a year.
+pub const MAX_BAN_SECONDS: u64 = 365 * 86_400;
+
+/// Linux's IFNAMSIZ, including the terminating NUL.
+const IFNAMSIZ: usize = 16;
+
+/// Where a configuration came from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigSource {
+    /// The embedded default (no `--config`).
+    Embedded,
+    File(PathBuf),
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("the built-in default config"),
+            Self::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Where a bad value was given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// In a config file (or the embedded default), at a 1-based line if known.
+    Config {
+        source: ConfigSource,
+        line: Option<usize>,
+    },
+    /// On the command line.
+    Flag,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config {
+                source,
+                line: Some(line),
+            } => write!(f, "{source} line {line}"),
+            Self::Config { source, line: None } => write!(f, "{source}"),
+            Self::Flag => f.write_str("command line"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or has an unknown key or a value of the wrong type.
+    #[error("{origin}: {message}")]
+    Parse { origin: Origin, message: String },
+    /// A value of the right type but outside what is accepted.
+    #[error("{origin}: {field} = {value}: {expected}")]
+    Invalid {
+        origin: Origin,
+        /// `section.key` in the file, `--flag` on the command line.
+        field: String,
+        value: String,
+        expected: String,
+    },
+    #[error("cannot read the routing table {path} to find the default-route interface")]
+    Routes {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "no interface carries a default route: name the interfaces to protect with [datapath] interfaces in the config or --iface"
+    )]
+    NoDefaultRoute,
+}
+
+impl ConfigError {
+    /// The 1-based line of the problem in the config file, if known.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            Self::Parse {
+                origin: Origin::Config { line, .. },
+                ..
+            }
+            | Self::Invalid {
+                origin: Origin::Config { line, .. },
+                ..
+            } => *line,
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw: what the file says, with spans, before validation. Integers are read as i64 (TOML's
+// integer type) so that a negative value gets our range message, not serde's type message.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    datapath: RawDatapath,
+    limits: RawLimits,
+    control: RawControl,
+    state: RawState,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatapath {
+    interfaces: Option<Vec<Spanned<String>>>,
+    mode: Option<Spanned<AttachMode>>,
+    dry_run: Option<bool>,
+    pin_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    pps: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
+    syn_pps: Option<Spanned<i64>>,
+    syn_burst: Option<Spanned<i64>>,
+    ban_seconds: Option<Spanned<i64>>,
+    ipv4_prefix: Option<Spanned<i64>>,
+    ipv6_prefix: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawControl {
+    socket: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawState {
+    dir: Option<Spanned<String>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated.
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Settings {
+    pub source: ConfigSource,
+    pub datapath: DatapathSettings,
+    pub limits: Limits,
+    pub control: ControlSettings,
+    pub state: StateSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DatapathSettings {
+    /// Empty: the default-route interfaces (see [`default_route_interfaces`]).
+    pub interfaces: Vec<String>,
+    pub mode: AttachMode,
+    pub dry_run: bool,
+    pub pin_dir: PathBuf,
+}
+
+/// Per-source limits: what goes into the kernel's `Config`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    pub pps: u64,
+    pub burst: u64,
+    pub syn_pps: u64,
+    pub syn_burst: u64,
+    pub ban_seconds: u64,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ControlSettings {
+    pub socket: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateSettings {
+    pub dir: PathBuf,
+}
+
+/// `guard run` flags that override the config file. Unset flags leave the file's value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
+pub struct Overrides {
+    /// Attach to this interface (repeat for several); replaces [datapath] interfaces.
+    #[arg(long = "iface", value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// How to attach: auto (native, else generic), native or generic.
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub mode: Option<AttachMode>,
+    /// Decide and count, but pass every packet.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Packets per second per source (0 = unlimited).
+    #[arg(long, value_name = "N")]
+    pub pps: Option<u64>,
+    /// Packets a source may send at once above --pps.
+    #[arg(long, value_name = "N")]
+    pub burst: Option<u64>,
+    /// TCP SYNs per second per source (0 = unlimited).
+    #[arg(long, value_name = "N")]
+    pub syn_pps: Option<u64>,
+    /// SYNs a source may send at once above --syn-pps.
+    #[arg(long, value_name = "N")]
+    pub syn_burst: Option<u64>,
+    /// Seconds a source over a limit stays banned (0 = no bans).
+    #[arg(long, value_name = "N")]
+    pub ban_seconds: Option<u64>,
+    /// Control socket path.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// bpffs directory for the pins (v1/ is appended).
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Directory of the state file.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Parses an attach mode as the config file spells it.
+///
+/// # Errors
+///
+/// A message naming the value and the accepted modes.
+pub fn parse_mode(s: &str) -> Result<AttachMode, String> {
+    match s {
+        "auto" => Ok(AttachMode::Auto),
+        "native" => Ok(AttachMode::Native),
+        "generic" => Ok(AttachMode::Generic),
+        _ => Err(format!(
+            "{s:?} is not an attach mode: expected auto, native or generic"
+        )),
+    }
+}
+
+/// The name [`parse_mode`] accepts for `mode`.
+pub fn mode_name(mode: AttachMode) -> &'static str {
+    match mode {
+        AttachMode::Auto => "auto",
+        AttachMode::Native => "native",
+        AttachMode::Generic => "generic",
+    }
+}
+
+impl Settings {
+    /// The built-in values, which `default.toml` spells out (a test keeps the two equal).
+    pub fn builtin() -> Self {
+        Self {
+            source: ConfigSource::Embedded,
+            datapath: DatapathSettings {
+                interfaces: Vec::new(),
+                mode: AttachMode::Auto,
+                dry_run: false,
+                pin_dir: PathBuf::from("/sys/fs/bpf/guard"),
+            },
+            limits: Limits {
+                pps: 20_000,
+                burst: 40_000,
+                syn_pps: 200,
+                syn_burst: 400,
+                ban_seconds: 60,
+                ipv4_prefix: 32,
+                ipv6_prefix: 64,
+            },
+            control: ControlSettings {
+                socket: PathBuf::from("/run/guard/guard.sock"),
+            },
+            state: StateSettings {
+                dir: PathBuf::from("/var/lib/guard"),
+            },
+        }
+    }
+
+    /// Reads and validates `path`, or the embedded default if `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`] if the file cannot be read; otherwise as [`Settings::parse`].
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            None => Self::parse(DEFAULT_TOML, ConfigSource::Embedded),
+            Some(p) => {
+                let text = fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Self::parse(&text, ConfigSource::File(p.to_path_buf()))
+            }
+        }
+    }
+
+    /// Parses and validates TOML text; keys it leaves out take their [`Settings::builtin`] value.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Parse`] for bad TOML, unknown keys or wrong types;
+    /// [`ConfigError::Invalid`] for values out of range. Both carry the line.
+    pub fn parse(text: &str, source: ConfigSource) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: Origin::Config {
+                source: source.clone(),
+                line: e.span().map(|s| line_of(text, &s)),
+            },
+            message: e.message().trim_end().to_string(),
+        })?;
+        let v = Validator {
+            text,
+            source: &source,
+        };
+        let RawConfig {
+            datapath,
+            limits,
+            control,
+            state,
+        } = raw;
+        let mut out = Self::builtin();
+        out.source = source.clone();
+
+        let RawDatapath {
+            interfaces,
+            mode,
+            dry_run,
+            pin_dir,
+        } = datapath;
+        if let Some(list) = interfaces {
+            let mut names: Vec<String> = Vec::with_capacity(list.len());
+            for name in list {
+                let span = name.span();
+                let name = name.into_inner();
+                if let Err(expected) = check_iface(&name, &names) {
+                    return Err(v.invalid(
+                        &span,
+                        "datapath.interfaces",
+                        format!("{name:?}"),
+                        expected,
+                    ));
+                }
+                names.push(name);
+            }
+            out.datapath.interfaces = names;
+        }
+        if let Some(mode) = mode {
+            out.datapath.mode = mode.into_inner();
+        }
+        if let Some(dry_run) = dry_run {
+            out.datapath.dry_run = dry_run;
+        }
+        if let Some(dir) = pin_dir {
+            out.datapath.pin_dir = v.path(dir, "datapath.pin_dir", true)?;
+        }
+
+        let RawLimits {
+            pps,
+            burst,
+            syn_pps,
+            syn_burst,
+            ban_seconds,
+            ipv4_prefix,
+            ipv6_prefix,
+        } = limits;
+        let l = &mut out.limits;
+        v.set(&mut l.pps, pps, "limits.pps", 0, MAX_RATE)?;
+        v.set(&mut l.burst, burst, "limits.burst", 0, MAX_RATE)?;
+        v.set(&mut l.syn_pps, syn_pps, "limits.syn_pps", 0, MAX_RATE)?;
+        v.set(&mut l.syn_burst, syn_burst, "limits.syn_burst", 0, MAX_RATE)?;
+        v.set(
+            &mut l.ban_seconds,
+            ban_seconds,
+            "limits.ban_seconds",
+            0,
+            MAX_BAN_SECONDS,
+        )?;
+        let mut p4 = u64::from(l.ipv4_prefix);
+        v.set(&mut p4, ipv4_prefix, "limits.ipv4_prefix", 1, 32)?;
+        l.ipv4_prefix = p4 as u8;
+        let mut p6 = u64::from(l.ipv6_prefix);
+        v.set(&mut p6, ipv6_prefix, "limits.ipv6_prefix", 1, 128)?;
+        l.ipv6_prefix = p6 as u8;
+
+        let RawControl { socket } = control;
+        if let Some(socket) = socket {
+            out.control.socket = v.path(socket, "control.socket", false)?;
+        }
+        let RawState { dir } = state;
+        if let Some(dir) = dir {
+            out.state.dir = v.path(dir, "state.dir", false)?;
+        }
+        Ok(out)
+    }
+
+    /// Applies `guard run` flags on top.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the flag, for a value out of range.
+    pub fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        let Overrides {
+            interfaces,
+            mode,
+            dry_run,
+            pps,
+            burst,
+            syn_pps,
+            syn_burst,
+            ban_seconds,
+            socket,
+            pin_dir,
+            state_dir,
+        } = o;
+        let flag = |field: &str, value: String, expected: String| ConfigError::Invalid {
+            origin: Origin::Flag,
+            field: format!("--{field}"),
+            value,
+            expected,
+        };
+        if !interfaces.is_empty() {
+            let mut names: Vec<String> = Vec::with_capacity(interfaces.len());
+            for name in interfaces {
+                check_iface(name, &names).map_err(|e| flag("iface", format!("{name:?}"), e))?;
+                names.push(name.clone());
+            }
+            self.datapath.interfaces = names;
+        }
+        if let Some(mode) = mode {
+            self.datapath.mode = *mode;
+        }
+        if *dry_run {
+            self.datapath.dry_run = true;
+        }
+        let l = &mut self.limits;
+        for (slot, value, name, max) in [
+            (&mut l.pps, pps, "pps", MAX_RATE),
+            (&mut l.burst, burst, "burst", MAX_RATE),
+            (&mut l.syn_pps, syn_pps, "syn-pps", MAX_RATE),
+            (&mut l.syn_burst, syn_burst, "syn-burst", MAX_RATE),
+            (
+                &mut l.ban_seconds,
+                ban_seconds,
+                "ban-seconds",
+                MAX_BAN_SECONDS,
+            ),
+        ] {
+            if let Some(value) = *value {
+                if value > max {
+                    return Err(flag(name, value.to_string(), range_text(0, max)));
+                }
+                *slot = value;
+            }
+        }
+        for (slot, value, name, absolute) in [
+            (&mut self.control.socket, socket, "socket", false),
+            (&mut self.datapath.pin_dir, pin_dir, "pin-dir", true),
+            (&mut self.state.dir, state_dir, "state-dir", false),
+        ] {
+            if let Some(p) = value {
+                check_path(p, absolute)
+                    .map_err(|e| flag(name, format!("{:?}", p.display().to_string()), e))?;
+                *slot = p.clone();
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel's view of these settings, for `GUARD_CONFIG[0]`.
+    pub fn kernel_config(&self) -> Config {
+        let Limits {
+            pps,
+            burst,
+            syn_pps,
+            syn_burst,
+            ban_seconds,
+            ipv4_prefix,
+            ipv6_prefix,
+        } = self.limits;
+        Config {
+            pps,
+            burst,
+            syn_pps,
+            syn_burst,
+            // MAX_BAN_SECONDS keeps this far from overflow.
+            ban_ns: ban_seconds * 1_000_000_000,
+            flags: if self.datapath.dry_run {
+                FLAG_DRY_RUN
+            } else {
+                0
+            },
+            v4_prefix_len: u32::from(ipv4_prefix),
+            v6_prefix_len: u32::from(ipv6_prefix),
+            _pad: 0,
+        }
+    }
+
+    /// The state file path.
+    pub fn state_file(&self) -> PathBuf {
+        self.state.dir.join(crate::state::FILE_NAME)
+    }
+
+    /// The settings that a reload cannot change without a restart and that differ in `new`,
+    /// as `section.key` names.
+    pub fn restart_needed_for(&self, new: &Settings) -> Vec<&'static str> {
+        let Settings {
+            source: _,
+            datapath:
+                DatapathSettings {
+                    interfaces,
+                    mode,
+                    dry_run: _,
+                    pin_dir,
+                },
+            limits: _,
+            control: ControlSettings { socket },
+            state: StateSettings { dir },
+        } = self;
+        let mut out = Vec::new();
+        if *interfaces != new.datapath.interfaces {
+            out.push("datapath.interfaces");
+        }
+        if *mode != new.datapath.mode {
+            out.push("datapath.mode");
+        }
+        if *pin_dir != new.datapath.pin_dir {
+            out.push("datapath.pin_dir");
+        }
+        if *socket != new.control.socket {
+            out.push("control.socket");
+        }
+        if *dir != new.state.dir {
+            out.push("state.dir");
+        }
+        out
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    source: &'a ConfigSource,
+}
+
+impl Validator<'_> {
+    fn invalid(
+        &self,
+        span: &Range<usize>,
+        field: &str,
+        value: String,
+        expected: String,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            origin: Origin::Config {
+                source: self.source.clone(),
+                line: Some(line_of(self.text, span)),
+            },
+            field: field.to_string(),
+            value,
+            expected,
+        }
+    }
+
+    fn set(
+        &self,
+        slot: &mut u64,
+        raw: Option<Spanned<i64>>,
+        field: &str,
+        min: u64,
+        max: u64,
+    ) -> Result<(), ConfigError> {
+        let Some(raw) = raw else { return Ok(()) };
+        let span = raw.span();
+        let value = raw.into_inner();
+        match u64::try_from(value) {
+            Ok(v) if (min..=max).contains(&v) => {
+                *slot = v;
+                Ok(())
+            }
+            _ => Err(self.invalid(&span, field, value.to_string(), range_text(min, max))),
+        }
+    }
+
+    fn path(
+        &self,
+        raw: Spanned<String>,
+        field: &str,
+        absolute: bool,
+    ) -> Result<PathBuf, ConfigError> {
+        let span = raw.span();
+        let value = raw.into_inner();
+        let p = PathBuf::from(&value);
+        check_path(&p, absolute)
+            .map_err(|e| self.invalid(&span, field, format!("{value:?}"), e))?;
+        Ok(p)
+    }
+}
+
+fn range_text(min: u64, max: u64) -> String {
+    format!("out of range: accepts {min} to {max}")
+}
+
+fn check_path(p: &Path, absolute: bool) -> Result<(), String> {
+    if p.as_os_str().is_empty() {
+        return Err("empty path: expected a file system path".to_string());
+    }
+    if absolute && !p.is_absolute() {
+        return Err("expected an absolute path, such as /sys/fs/bpf/guard".to_string());
+    }
+    Ok(())
+}
+
+/// Checks an interface name as the kernel would accept it, and against duplicates.
+fn check_iface(name: &str, seen: &[String]) -> Result<(), String> {
+    if name.is_empty() || name.len() >= IFNAMSIZ {
+        return Err(format!(
+            "an interface name is 1 to {} bytes, such as eth0",
+            IFNAMSIZ - 1
+        ));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Err("not a valid interface name: expected a name such as eth0".to_string());
+    }
+    if seen.iter().any(|s| s == name) {
+        return Err("listed twice: name each interface once".to_string());
+    }
+    Ok(())
+}
+
+/// The 1-based line of the start of `span` in `text`.
+fn line_of(text: &str, span: &Range<usize>) -> usize {
+    let end = span.start.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+// ---------------------------------------------------------------------------------------------
+// Default-route interfaces.
+
+/// The interfaces that carry a default route, IPv4 first, each ordered by metric, without
+/// duplicates. A host with its IPv4 and IPv6 default routes on different interfaces gets both,
+/// so neither path is left unprotected.
+///
+/// # Errors
+///
+/// [`ConfigError::Routes`] if `/proc/net/route` cannot be read, [`ConfigError::NoDefaultRoute`]
+/// if no interface carries one. A missing `/proc/net/ipv6_route` (IPv6 disabled) is not an error.
+pub fn default_route_interfaces() -> Result<Vec<String>, ConfigError> {
+    const V4: &str = "/proc/net/route";
+    const V6: &str = "/proc/net/ipv6_route";
+    let v4 = fs::read_to_string(V4).map_err(|source| ConfigError::Routes { path: V4, source })?;
+    let v6 = match fs::read_to_string(V6) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(ConfigError::Routes { path: V6, source }),
+    };
+    let mut out: Vec<String> = Vec::new();
+    for name in parse_route_v4(&v4).into_iter().chain(parse_route_v6(&v6)) {
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    if out.is_empty() {
+        return Err(ConfigError::NoDefaultRoute);
+    }
+    Ok(out)
+}
+
+/// `RTF_UP` from `<linux/route.h>`.
+const RTF_UP: u32 = 0x0001;
+
+/// Interfaces of the up IPv4 default routes (destination and mask 0) in `/proc/net/route`
+/// text, by metric.
+fn parse_route_v4(text: &str) -> Vec<String> {
+    let mut routes: Vec<(u32, String)> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // Iface Destination Gateway Flags RefCnt Use Metric Mask MTU Window IRTT
+            if f.len() < 8 {
+                return None;
+            }
+            let flags = u32::from_str_radix(f[3], 16).ok()?;
+            let metric: u32 = f[6].parse().ok()?;
+            (f[1] == "00000000" && f[7] == "00000000" && flags & RTF_UP != 0)
+                .then(|| (metric, f[0].to_string()))
+        })
+        .collect();
+    routes.sort();
+    routes.into_iter().map(|(_, name)| name).collect()
+}
+
+/// Interfaces of the up IPv6 default routes (`::/0`) in `/proc/net/ipv6_route` text, by
+/// metric. The kernel's placeholder `::/0` unreachable route on `lo` is skipped.
+fn parse_route_v6(text: &str) -> Vec<String> {
+    let mut routes: Vec<(u32, String)> = text
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // dest dest_plen src src_plen nexthop metric refcnt use flags iface
+            if f.len() < 10 {
+                return None;
+            }
+            let zero = "0".repeat(32);
+            let metric = u32::from_str_radix(f[5], 16).ok()?;
+            let flags = u32::from_str_radix(f[8], 16).ok()?;
+            (f[0] == zero && f[1] == "00" && flags & RTF_UP != 0 && f[9] != "lo")
+                .then(|| (metric, f[9].to_string()))
+        })
+        .collect();
+    routes.sort();
+    routes.into_iter().map(|(_, name)| name).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::parse(text, ConfigSource::File(PathBuf::from("/etc/guard.toml")))
+    }
+
+    #[test]
+    fn embedded_default_parses_to_the_builtin_values() {
+        assert_eq!(Settings::load(None).unwrap(), Settings::builtin());
+    }
+
+    #[test]
+    fn every_default_key_is_commented() {
+        // Each `key = value` line is preceded by a comment line (or another key's comment
+        // block), so `guard config default` explains everything it shows.
+        let lines: Vec<&str> = DEFAULT_TOML.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.contains(" = ") && !line.starts_with('#') {
+                assert!(
+                    i > 0 && lines[i - 1].starts_with('#'),
+                    "default.toml line {}: {line:?} has no comment above it",
+                    i + 1
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn empty_file_means_builtin_values() {
+        let s = parse("").unwrap();
+        assert_eq!(s.limits, Settings::builtin().limits);
+        assert_eq!(
+            s.source,
+            ConfigSource::File(PathBuf::from("/etc/guard.toml"))
+        );
+    }
+
+    #[test]
+    fn file_values_override_builtin() {
+        let s = parse(
+            "[datapath]\ninterfaces = [\"eth0\", \"eth1\"]\nmode = \"generic\"\ndry_run = true\n\
+             [limits]\npps = 100\nipv6_prefix = 56\n[control]\nsocket = \"/tmp/g.sock\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.datapath.interfaces, ["eth0", "eth1"]);
+        assert_eq!(s.datapath.mode, AttachMode::Generic);
+        assert!(s.datapath.dry_run);
+        assert_eq!(s.limits.pps, 100);
+        assert_eq!(s.limits.burst, 40_000);
+        assert_eq!(s.limits.ipv6_prefix, 56);
+        assert_eq!(s.control.socket, PathBuf::from("/tmp/g.sock"));
+    }
+
+    #[test]
+    fn out_of_range_value_names_line_field_value_and_range() {
+        let e = parse("[limits]\nburst = 5\npps = -5\n").unwrap_err();
+        assert_eq!(e.line(), Some(3));
+        assert_eq!(
+            e.to_string(),
+            "/etc/guard.toml line 3: limits.pps = -5: out of range: accepts 0 to 4294967296"
+        );
+        let e = parse("[limits]\nipv4_prefix = 33\n").unwrap_err();
+        assert!(e.to_string().contains("limits.ipv4_prefix = 33"), "{e}");
+        assert!(e.to_string().contains("accepts 1 to 32"), "{e}");
+        let e = parse("[limits]\nipv6_prefix = 0\n").unwrap_err();
+        assert!(e.to_string().contains("accepts 1 to 128"), "{e}");
+        let e = parse("[limits]\npps = 4294967297\n").unwrap_err();
+        assert!(e.to_string().contains("4294967297"), "{e}");
+        assert!(parse("[limits]\npps = 4294967296\n").is_ok());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_line() {
+        let e = parse("[limits]\npps = 1\nppss = 2\n").unwrap_err();
+        assert_eq!(e.line(), Some(3));
+        assert!(e.to_string().contains("unknown field `ppss`"), "{e}");
+        let e = parse("[limit]\npps = 1\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `limit`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_mode_are_rejected_with_their_line() {
+        let e = parse("\n[limits]\npps = \"fast\"\n").unwrap_err();
+        assert_eq!(e.line(), Some(3), "{e}");
+        let e = parse("[datapath]\nmode = \"turbo\"\n").unwrap_err();
+        assert_eq!(e.line(), Some(2), "{e}");
+        assert!(e.to_string().contains("turbo"), "{e}");
+        assert!(e.to_string().contains("generic"), "{e}");
+        let e = parse("[limits\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+    }
+
+    #[test]
+    fn bad_interface_names_are_rejected() {
+        let e = parse("[datapath]\ninterfaces = [\"eth0\",\n \"a/b\"]\n").unwrap_err();
+        assert_eq!(e.line(), Some(3), "{e}");
+        assert!(
+            e.to_string().contains("datapath.interfaces = \"a/b\""),
+            "{e}"
+        );
+        assert!(parse("[datapath]\ninterfaces = [\"averyveryverylongname\"]").is_err());
+        assert!(parse("[datapath]\ninterfaces = [\"eth0\", \"eth0\"]").is_err());
+        assert!(parse("[datapath]\ninterfaces = [\"\"]").is_err());
+    }
+
+    #[test]
+    fn pin_dir_must_be_absolute() {
+        let e = parse("[datapath]\npin_dir = \"bpf/guard\"\n").unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_are_validated() {
+        let mut s = parse("[limits]\npps = 100\n").unwrap();
+        s.apply(&Overrides {
+            interfaces: vec!["veth0".into()],
+            mode: Some(AttachMode::Native),
+            dry_run: true,
+            pps: Some(7),
+            ban_seconds: Some(0),
+            state_dir: Some(PathBuf::from("/tmp/st")),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(s.datapath.interfaces, ["veth0"]);
+        assert_eq!(s.datapath.mode, AttachMode::Native);
+        assert!(s.datapath.dry_run);
+        assert_eq!(s.limits.pps, 7);
+        assert_eq!(s.limits.ban_seconds, 0);
+        assert_eq!(s.state_file(), PathBuf::from("/tmp/st/state.json"));
+
+        let e = s
+            .apply(&Overrides {
+                pps: Some(MAX_RATE + 1),
+                ..Overrides::default()
+            })
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "command line: --pps = 4294967297: out of range: accepts 0 to 4294967296"
+        );
+        assert_eq!(s.limits.pps, 7);
+    }
+
+    #[test]
+    fn kernel_config_carries_every_limit() {
+        let mut s = Settings::builtin();
+        s.datapath.dry_run = true;
+        let c = s.kernel_config();
+        assert_eq!(c.pps, 20_000);
+        assert_eq!(c.burst, 40_000);
+        assert_eq!(c.syn_pps, 200);
+        assert_eq!(c.syn_burst, 400);
+        assert_eq!(c.ban_ns, 60_000_000_000);
+        assert_eq!(c.flags, FLAG_DRY_RUN);
+        assert_eq!((c.v4_prefix_len, c.v6_prefix_len), (32, 64));
+    }
+
+    #[test]
+    fn reload_reports_settings_that_need_a_restart() {
+        let old = Settings::builtin();
+        let mut new = old.clone();
+        new.limits.pps = 1;
+        new.datapath.dry_run = true;
+        assert!(old.restart_needed_for(&new).is_empty());
+        new.datapath.interfaces = vec!["eth9".into()];
+        new.control.socket = PathBuf::from("/x");
+        assert_eq!(
+            old.restart_needed_for(&new),
+            ["datapath.interfaces", "control.socket"]
+        );
+    }
+
+    #[test]
+    fn default_routes_are_found_in_proc_tables() {
+        let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                  wlan0\t00000000\t0102A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n\
+                  eth0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+                  eth0\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n\
+                  down0\t00000000\t0101A8C0\t0002\t0\t0\t1\t00000000\t0\t0\t0\n";
+        assert_eq!(parse_route_v4(v4), ["eth0", "wlan0"]);
+        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003    ens3\n\
+                  20010db8000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001    ens3\n\
+                  00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n";
+        assert_eq!(parse_route_v6(v6), ["ens3"]);
+        assert!(parse_route_v4("Iface\tDestination\n").is_empty());
+    }
+
+    #[test]
+    fn mode_names_round_trip() {
+        for m in [AttachMode::Auto, AttachMode::Native, AttachMode::Generic] {
+            assert_eq!(parse_mode(mode_name(m)), Ok(m));
+        }
+        assert!(
+            parse_mode("turbo")
+                .unwrap_err()
+                .contains("auto, native or generic")
+        );
+    }
+}

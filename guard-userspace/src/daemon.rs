@@ -1,0 +1,784 @@
+//! `guard run`: load settings, attach (or adopt) the program, restore lists and bans, serve the
+//! control socket, and every second expire entries and log new bans; SIGHUP reloads.
+//!
+//! SIGTERM and SIGINT stop the daemon and leave the program attached (fail-static: the pins
+//! keep it and its maps alive, and a restarted daemon adopts them). `guard detach` removes it.
+use std::{
+    ffi::OsStr,
+    io,
+    os::{
+        linux::net::SocketAddrExt,
+        unix::{
+            ffi::OsStrExt,
+            net::{SocketAddr, UnixDatagram},
+        },
+    },
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use guard_common::BanEvent;
+
+use crate::{
+    api::{self, ApiError, Handler, Reply, Request, error_chain},
+    config::{self, ConfigError, Overrides, Settings, mode_name},
+    control::{Control, ControlError, NewBan, ReloadReport, testing::FakeDatapath},
+    datapath::Datapath,
+    duration::Human,
+    ebpf::{self, KernelDatapath, LoadError, StartOptions},
+    state::{self, Loaded, StateError, Store},
+};
+
+/// The data plane's stream of new bans (the ring buffer), drained once a tick.
+pub trait BanEvents {
+    /// New bans since the last call; never blocks.
+    fn take_events(&mut self) -> Vec<BanEvent>;
+}
+
+impl BanEvents for KernelDatapath {
+    fn take_events(&mut self) -> Vec<BanEvent> {
+        KernelDatapath::take_events(self)
+    }
+}
+
+impl BanEvents for FakeDatapath {
+    fn take_events(&mut self) -> Vec<BanEvent> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+/// Detaches everything under a pin directory (`ebpf::detach`, or a test's stand-in).
+type DetachFn = fn(&Path) -> Result<Vec<String>, LoadError>;
+
+/// How often expiry runs and ban events are drained.
+const TICK: Duration = Duration::from_secs(1);
+
+/// New bans logged one by one per tick; the rest are summed up in one line.
+pub const BAN_LINES_PER_TICK: usize = 10;
+
+/// What `guard run` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// `None`: the embedded default.
+    pub config: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    #[error("cannot use the state directory")]
+    State(#[from] StateError),
+    #[error("cannot load and attach the XDP program")]
+    Load(#[from] LoadError),
+    #[error("cannot restore the lists and bans into the maps")]
+    Restore(#[source] ControlError),
+    #[error("cannot write the limits into the program's config map")]
+    KernelConfig(#[source] ControlError),
+    #[error("cannot serve the control socket")]
+    Api(#[from] ApiError),
+    #[error("cannot set up signal handling")]
+    Signals(#[source] io::Error),
+}
+
+/// Reads the settings as `guard run` and `guard reload` do: the file (or embedded default),
+/// then the command-line overrides.
+///
+/// # Errors
+///
+/// A [`ConfigError`] naming the line, field and value.
+pub fn load_settings(opts: &RunOptions) -> Result<Settings, ConfigError> {
+    let mut settings = Settings::load(opts.config.as_deref())?;
+    settings.apply(&opts.overrides)?;
+    Ok(settings)
+}
+
+/// Runs the daemon until SIGTERM, SIGINT or `guard detach`.
+///
+/// # Errors
+///
+/// Any failure to start. Once serving, failures are logged and the daemon carries on.
+pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
+    // Before any thread starts, so every thread inherits the mask and the signals are taken
+    // only by `sigtimedwait` in this loop.
+    let signals = Signals::block(&[libc::SIGHUP, libc::SIGTERM, libc::SIGINT])
+        .map_err(DaemonError::Signals)?;
+    let settings = load_settings(&opts)?;
+    let interfaces = if settings.datapath.interfaces.is_empty() {
+        let found = config::default_route_interfaces()?;
+        log::info!("no interfaces configured: using the default-route interfaces {found:?}");
+        found
+    } else {
+        settings.datapath.interfaces.clone()
+    };
+    log::info!("config: {}", settings.source);
+
+    // Read the state before attaching: an unreadable state directory stops us here.
+    let store = Store::new(&settings.state.dir);
+    let saved = match store.load()? {
+        Loaded::Found(s) => {
+            log::info!(
+                "state file {}: {} allow, {} deny, {} bans",
+                store.path().display(),
+                s.allow.len(),
+                s.deny.len(),
+                s.bans.len()
+            );
+            Some(s)
+        }
+        Loaded::Missing => {
+            log::info!(
+                "no state file at {}: starting from the pinned maps, if any",
+                store.path().display()
+            );
+            None
+        }
+        Loaded::Corrupt { moved_to, error } => {
+            log::error!(
+                "THE STATE FILE {} IS CORRUPT ({error}): moved aside to {}; lists and bans are rebuilt from the pinned maps, if any. Inspect the moved file and re-import what is missing.",
+                store.path().display(),
+                moved_to.display()
+            );
+            None
+        }
+    };
+
+    // Bound before touching the maps: a second `guard run` stops here instead of rewriting
+    // the running daemon's config and lists. Clients wait in the backlog until we serve.
+    let socket = settings.control.socket.clone();
+    let listener = api::bind(&socket)?;
+    let _socket_file = SocketFile(socket.clone());
+
+    let ebpf::Loaded {
+        datapath,
+        attachments,
+    } = ebpf::start(&StartOptions {
+        interfaces,
+        mode: settings.datapath.mode,
+        pin_dir: settings.datapath.pin_dir.clone(),
+    })?;
+    for a in &attachments {
+        log::info!(
+            "attached to {} (ifindex {}) in {} mode{} (requested: {})",
+            a.iface,
+            a.ifindex,
+            a.mode,
+            if a.adopted {
+                ", adopted from the pins"
+            } else {
+                ""
+            },
+            mode_name(settings.datapath.mode)
+        );
+    }
+    let limits = settings.limits;
+    let dry_run = settings.datapath.dry_run;
+    let mut control = Control::new(datapath, settings, attachments);
+    control
+        .apply_kernel_config()
+        .map_err(DaemonError::KernelConfig)?;
+    log::info!(
+        "limits: {} pps (burst {}), {} SYN/s (burst {}), bans {}, sources per /{} (IPv4) and /{} (IPv6){}",
+        limits.pps,
+        limits.burst,
+        limits.syn_pps,
+        limits.syn_burst,
+        Human(Duration::from_secs(limits.ban_seconds)),
+        limits.ipv4_prefix,
+        limits.ipv6_prefix,
+        if dry_run {
+            "; DRY RUN: nothing is dropped"
+        } else {
+            ""
+        }
+    );
+    let r = control.restore(saved).map_err(DaemonError::Restore)?;
+    log::info!(
+        "restored {} allow and {} deny entries and {} bans{}{}{}",
+        r.allow,
+        r.deny,
+        r.bans,
+        if r.from_maps {
+            " from the pinned maps"
+        } else {
+            ""
+        },
+        if r.expired > 0 {
+            format!("; {} had expired while the daemon was down", r.expired)
+        } else {
+            String::new()
+        },
+        if r.stale_removed > 0 {
+            format!(
+                "; {} map entries not in the state file were removed",
+                r.stale_removed
+            )
+        } else {
+            String::new()
+        }
+    );
+
+    let daemon = Arc::new(Daemon::new(control, opts, ebpf::detach));
+    api::serve(listener, Arc::clone(&daemon) as Arc<dyn Handler>);
+    log::info!("serving {}", socket.display());
+    match sd_notify("READY=1") {
+        Ok(true) => log::debug!("told systemd we are ready"),
+        Ok(false) => {}
+        Err(e) => log::warn!("cannot notify systemd (NOTIFY_SOCKET): {e}"),
+    }
+
+    let mut next_tick = Instant::now() + TICK;
+    loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        match signals.wait(wait) {
+            Ok(Some(libc::SIGHUP)) => {
+                log::info!("SIGHUP: reloading the configuration");
+                // Errors are logged inside.
+                let _ = daemon.reload();
+            }
+            Ok(Some(sig)) => {
+                log::info!(
+                    "{}: stopping; the program stays attached and keeps protecting (`guard detach` removes it)",
+                    if sig == libc::SIGINT {
+                        "SIGINT"
+                    } else {
+                        "SIGTERM"
+                    }
+                );
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("waiting for signals: {e}"),
+        }
+        if daemon.stop.load(Ordering::SeqCst) {
+            log::info!("detached: stopping");
+            break;
+        }
+        if Instant::now() >= next_tick {
+            daemon.tick();
+            next_tick += TICK;
+            // After a long stall, do not run a burst of catch-up ticks.
+            if next_tick < Instant::now() {
+                next_tick = Instant::now() + TICK;
+            }
+        }
+    }
+    let _ = sd_notify("STOPPING=1");
+    Ok(())
+}
+
+/// Removes the control socket file when the daemon stops, on success or failure, so clients
+/// are told at once that no daemon is running.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            log::debug!("removing {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// The running daemon, shared with the control socket's threads.
+struct Daemon<D: Datapath> {
+    control: Mutex<Control<D>>,
+    opts: RunOptions,
+    /// Set by `guard detach`.
+    stop: AtomicBool,
+    detach: DetachFn,
+}
+
+impl<D: Datapath + BanEvents> Daemon<D> {
+    fn new(control: Control<D>, opts: RunOptions, detach: DetachFn) -> Self {
+        Self {
+            control: Mutex::new(control),
+            opts,
+            stop: AtomicBool::new(false),
+            detach,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Control<D>> {
+        self.control.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One second's housekeeping: log new bans, expire entries and bans, mirror bans to disk.
+    fn tick(&self) {
+        let mut control = self.lock();
+        let events = control.datapath_mut().take_events();
+        if !events.is_empty() {
+            for line in ban_log_lines(&control.describe_events(&events), BAN_LINES_PER_TICK) {
+                log::warn!("{line}");
+            }
+        }
+        match control.sweep() {
+            Ok(s) => {
+                if s.expired_allow + s.expired_deny + s.expired_bans > 0 {
+                    log::info!(
+                        "expired: {} allow entries, {} deny entries, {} bans",
+                        s.expired_allow,
+                        s.expired_deny,
+                        s.expired_bans
+                    );
+                }
+            }
+            Err(e) => log::error!("expiry sweep: {}", error_chain(&e)),
+        }
+    }
+
+    /// Re-reads the config; a bad one is rejected and the running one stays.
+    fn reload(&self) -> Result<ReloadReport, String> {
+        let settings = match load_settings(&self.opts) {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!(
+                    "reload rejected, the running configuration stays: {}",
+                    error_chain(&e)
+                );
+                log::error!("{msg}");
+                return Err(msg);
+            }
+        };
+        let mut control = self.lock();
+        match control.apply_settings(settings) {
+            Ok(report) => {
+                let l = report.limits;
+                log::info!(
+                    "reloaded {}: {} pps (burst {}), {} SYN/s (burst {}), bans {}{}",
+                    report.config,
+                    l.pps,
+                    l.burst,
+                    l.syn_pps,
+                    l.syn_burst,
+                    Human(Duration::from_secs(l.ban_seconds)),
+                    if report.dry_run { ", dry run" } else { "" }
+                );
+                if !report.restart_needed.is_empty() {
+                    log::warn!(
+                        "changed but not applied, restart the daemon for: {}",
+                        report.restart_needed.join(", ")
+                    );
+                }
+                Ok(report)
+            }
+            Err(e) => {
+                let msg = format!(
+                    "reload failed, the running limits stay: {}",
+                    error_chain(&e)
+                );
+                log::error!("{msg}");
+                Err(msg)
+            }
+        }
+    }
+
+    fn detach(&self) -> Result<Reply, String> {
+        // Held so that no request changes the maps while they go away.
+        let control = self.lock();
+        let pin_dir = control.settings().datapath.pin_dir.clone();
+        match (self.detach)(&pin_dir) {
+            Ok(interfaces) => {
+                log::warn!(
+                    "guard detach: removed the program from {} and the pins under {}",
+                    interfaces.join(", "),
+                    pin_dir.display()
+                );
+                self.stop.store(true, Ordering::SeqCst);
+                Ok(Reply::Detached { interfaces })
+            }
+            Err(e) => Err(format!("detach failed: {}", error_chain(&e))),
+        }
+    }
+}
+
+impl<D: Datapath + BanEvents + Send + 'static> Handler for Daemon<D> {
+    fn handle(&self, request: Request) -> Result<Reply, String> {
+        match request {
+            Request::Reload => self.reload().map(Reply::Reloaded),
+            Request::Detach => self.detach(),
+            other => api::dispatch(&self.control, other),
+        }
+    }
+}
+
+/// The log lines for one tick's new bans: one line each for the first `max`, then one line
+/// that counts the rest, so a flood of bans cannot flood the log.
+pub fn ban_log_lines(bans: &[NewBan], max: usize) -> Vec<String> {
+    let mut lines: Vec<String> = bans
+        .iter()
+        .take(max)
+        .map(|b| {
+            let secs = b.ban.expires.saturating_sub(b.ban.since);
+            format!(
+                "banned {} on {}: {}, until {} ({})",
+                b.ban.source,
+                b.iface,
+                b.ban.reason,
+                state::format_unix(b.ban.expires),
+                Human(Duration::from_secs(secs))
+            )
+        })
+        .collect();
+    if bans.len() > max {
+        lines.push(format!(
+            "... and {} more new bans in the last second (`guard bans` lists them all)",
+            bans.len() - max
+        ));
+    }
+    lines
+}
+
+/// Blocked signals, taken synchronously with `sigtimedwait`.
+struct Signals {
+    set: libc::sigset_t,
+}
+
+impl Signals {
+    fn block(signals: &[libc::c_int]) -> io::Result<Self> {
+        // SAFETY: sigset_t is plain data that sigemptyset initialises; the calls only read and
+        // write the set and this thread's signal mask.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in signals {
+                libc::sigaddset(&mut set, *s);
+            }
+            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            Ok(Self { set })
+        }
+    }
+
+    /// Waits up to `timeout` for one of the signals; `None` on timeout or interruption.
+    fn wait(&self, timeout: Duration) -> io::Result<Option<libc::c_int>> {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        };
+        // SAFETY: `set` was initialised in `block`; a null siginfo pointer is allowed.
+        let rc = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) };
+        if rc >= 0 {
+            return Ok(Some(rc));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
+            _ => Err(e),
+        }
+    }
+}
+
+/// Sends `state` (such as `READY=1`) to systemd if `NOTIFY_SOCKET` is set; false if it is not.
+///
+/// # Errors
+///
+/// The socket cannot be reached.
+pub fn sd_notify(state: &str) -> io::Result<bool> {
+    match std::env::var_os("NOTIFY_SOCKET") {
+        Some(path) if !path.is_empty() => notify_to(&path, state).map(|()| true),
+        _ => Ok(false),
+    }
+}
+
+/// The sd_notify protocol: one datagram to a Unix socket path, or to an abstract-namespace
+/// name when it starts with `@` (see sd_notify(3)).
+fn notify_to(socket: &OsStr, state: &str) -> io::Result<()> {
+    let sock = UnixDatagram::unbound()?;
+    let bytes = socket.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(socket)?,
+    };
+    sock.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(())
+}
+
+/// A logger for the daemon: one line per record on stderr, with a level word, or with the
+/// `<N>` priority prefix that journald reads when stderr is the journal (`JOURNAL_STREAM`).
+/// `GUARD_LOG=debug|info|warn|error` sets the level (default info).
+struct StderrLogger {
+    journal: bool,
+}
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = record.level();
+        if self.journal {
+            let prio = match level {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            eprintln!("<{prio}>{}", record.args());
+        } else {
+            eprintln!("{:<5} {}", level, record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the stderr logger (once; later calls do nothing).
+pub fn init_logging() {
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let level = match std::env::var("GUARD_LOG").as_deref() {
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("trace") => log::LevelFilter::Trace,
+        Ok("warn") => log::LevelFilter::Warn,
+        Ok("error") => log::LevelFilter::Error,
+        _ => log::LevelFilter::Info,
+    };
+    let logger: &'static StderrLogger = Box::leak(Box::new(StderrLogger { journal }));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt;
+
+    use guard_common::{Ban, reason, source_key_v4};
+
+    use super::*;
+    use crate::{
+        cidr::Cidr,
+        control::{BanInfo, testing::FakeClock},
+        datapath::List,
+    };
+
+    const SEC: u64 = 1_000_000_000;
+
+    struct Fixture {
+        dir: PathBuf,
+        clock: FakeClock,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn fixture(name: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("guard-daemon-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Fixture {
+            dir,
+            clock: FakeClock::new(1000 * SEC, 1_700_000_000),
+        }
+    }
+
+    fn no_detach(_: &Path) -> Result<Vec<String>, LoadError> {
+        Ok(vec!["veth0".to_string()])
+    }
+
+    impl Fixture {
+        /// A daemon over a fake data plane, started from `config` as `guard run --config`.
+        fn daemon(&self, config: &str) -> Daemon<FakeDatapath> {
+            let path = self.dir.join("guard.toml");
+            std::fs::write(&path, config).unwrap();
+            let opts = RunOptions {
+                config: Some(path),
+                overrides: Overrides {
+                    state_dir: Some(self.dir.join("state")),
+                    ..Overrides::default()
+                },
+            };
+            let settings = load_settings(&opts).unwrap();
+            let mut control = Control::new(FakeDatapath::new(self.clock.clone()), settings, vec![])
+                .with_wall_clock(self.clock.wall());
+            control.apply_kernel_config().unwrap();
+            control.restore(None).unwrap();
+            Daemon::new(control, opts, no_detach)
+        }
+    }
+
+    #[test]
+    fn reload_with_a_bad_config_is_rejected_and_the_old_limits_stay() {
+        let f = fixture("reload");
+        let d = f.daemon("[limits]\npps = 100\n");
+        assert_eq!(d.lock().datapath().config.pps, 100);
+
+        std::fs::write(f.dir.join("guard.toml"), "[limits]\nburst = 10\npps = -1\n").unwrap();
+        let e = d.handle(Request::Reload).unwrap_err();
+        assert!(e.contains("line 3: limits.pps = -1"), "{e}");
+        assert!(e.contains("the running configuration stays"), "{e}");
+        assert_eq!(d.lock().datapath().config.pps, 100);
+        assert_eq!(d.lock().settings().limits.burst, 40_000);
+
+        std::fs::write(f.dir.join("guard.toml"), "[limits]\npps = 50\n").unwrap();
+        let Reply::Reloaded(r) = d.handle(Request::Reload).unwrap() else {
+            panic!("wrong reply")
+        };
+        assert_eq!(r.limits.pps, 50);
+        assert_eq!(d.lock().datapath().config.pps, 50);
+    }
+
+    #[test]
+    fn reload_keeps_command_line_overrides_on_top_of_the_file() {
+        let f = fixture("overrides");
+        let mut d = f.daemon("[limits]\npps = 100\n");
+        d.opts.overrides.syn_pps = Some(3);
+        std::fs::write(f.dir.join("guard.toml"), "[limits]\nsyn_pps = 999\n").unwrap();
+        d.handle(Request::Reload).unwrap();
+        assert_eq!(d.lock().datapath().config.syn_pps, 3);
+    }
+
+    #[test]
+    fn tick_expires_entries_and_records_new_bans_in_the_state_file() {
+        let f = fixture("tick");
+        let d = f.daemon("");
+        {
+            let mut c = d.lock();
+            let cidr: Cidr = "192.0.2.0/24".parse().unwrap();
+            c.list_add(List::Deny, cidr, Some(Duration::from_secs(5)), None)
+                .unwrap();
+            let now = f.clock.now_ns();
+            let key = source_key_v4([203, 0, 113, 9], 32);
+            let ban = Ban {
+                expires_ns: now + 60 * SEC,
+                since_ns: now,
+                reason: reason::RATE_LIMITED as u32,
+                _pad: 0,
+            };
+            let dp = c.datapath_mut();
+            dp.bans.insert(key, ban);
+            dp.events.push(BanEvent {
+                source: key,
+                since_ns: ban.since_ns,
+                expires_ns: ban.expires_ns,
+                reason: ban.reason,
+                ifindex: 2,
+            });
+        }
+        f.clock.advance(Duration::from_secs(5));
+        d.tick();
+        let c = d.lock();
+        assert!(c.datapath().events.is_empty());
+        assert!(c.datapath().lists.is_empty());
+        let Loaded::Found(saved) = c.store().load().unwrap() else {
+            panic!("no state file")
+        };
+        assert!(saved.deny.is_empty());
+        assert_eq!(saved.bans.len(), 1);
+        assert_eq!(saved.bans[0].source.to_string(), "203.0.113.9");
+    }
+
+    #[test]
+    fn detach_request_stops_the_daemon() {
+        let f = fixture("detach");
+        let d = f.daemon("");
+        let reply = d.handle(Request::Detach).unwrap();
+        assert_eq!(
+            reply,
+            Reply::Detached {
+                interfaces: vec!["veth0".into()]
+            }
+        );
+        assert!(d.stop.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn other_requests_go_to_the_control_plane() {
+        let f = fixture("dispatch");
+        let d = f.daemon("");
+        assert!(matches!(d.handle(Request::Status), Ok(Reply::Status(_))));
+    }
+
+    fn new_ban(i: u8) -> NewBan {
+        NewBan {
+            ban: BanInfo {
+                source: format!("203.0.113.{i}").parse().unwrap(),
+                reason: "rate_limited".into(),
+                since: 1_714_564_800,
+                expires: 1_714_564_860,
+            },
+            iface: "eth0".into(),
+        }
+    }
+
+    #[test]
+    fn ban_log_names_source_reason_and_expiry() {
+        let lines = ban_log_lines(&[new_ban(1)], 10);
+        assert_eq!(
+            lines,
+            ["banned 203.0.113.1/32 on eth0: rate_limited, until 2024-05-01T12:01:00Z (1m)"]
+        );
+    }
+
+    #[test]
+    fn ban_log_is_rate_limited_under_a_flood() {
+        let bans: Vec<NewBan> = (0..250).map(|i| new_ban(i as u8)).collect();
+        let lines = ban_log_lines(&bans, BAN_LINES_PER_TICK);
+        assert_eq!(lines.len(), BAN_LINES_PER_TICK + 1);
+        assert!(lines[10].contains("240 more new bans"), "{}", lines[10]);
+        assert!(ban_log_lines(&[], 10).is_empty());
+    }
+
+    #[test]
+    fn sd_notify_reaches_a_path_socket() {
+        let dir = std::env::temp_dir().join(format!("guard-notify-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        notify_to(path.as_os_str(), "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sd_notify_reaches_an_abstract_socket() {
+        let name = format!("guard-notify-test-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let rx = UnixDatagram::bind_addr(&addr).unwrap();
+        notify_to(OsStr::from_bytes(format!("@{name}").as_bytes()), "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    #[test]
+    fn sd_notify_to_a_missing_socket_is_an_error() {
+        assert!(notify_to(Path::new("/nonexistent/notify").as_os_str(), "READY=1").is_err());
+    }
+
+    #[test]
+    fn settings_are_the_file_then_the_flags() {
+        let opts = RunOptions {
+            config: None,
+            overrides: Overrides {
+                pps: Some(9),
+                ..Overrides::default()
+            },
+        };
+        let s = load_settings(&opts).unwrap();
+        assert_eq!(s.limits.pps, 9);
+        assert_eq!(s.limits.burst, Settings::builtin().limits.burst);
+        let bad = RunOptions {
+            config: Some(PathBuf::from("/nonexistent/guard.toml")),
+            overrides: Overrides::default(),
+        };
+        let e = load_settings(&bad).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/guard.toml"), "{e}");
+    }
+}
