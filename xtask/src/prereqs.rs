@@ -24,7 +24,7 @@ const BPF_LINKER_DEBS: &[&str] = &[
     "zlib1g-dev",
 ];
 /// Debian packages the tests need at run time (`ip`, `bpftool`, ...): extend here.
-pub const TEST_DEBS: &[&str] = &["iproute2", "bpftool"];
+pub const TEST_DEBS: &[&str] = &["iproute2", "bpftool", "iputils-ping", "util-linux"];
 
 /// Everything `cargo +nightly build -p guard-ebpf` needs: rust-src, bpf-linker, matching LLVMs.
 pub fn ensure_ebpf_build() -> Result<()> {

@@ -59,7 +59,7 @@ pub struct Testbed {
 impl Testbed {
     pub fn new() -> Self {
         let tag = format!(
-            "{}{}",
+            "{}x{}",
             std::process::id() % 100_000,
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
@@ -128,17 +128,17 @@ impl Testbed {
         self.tmp.join("guard.sock")
     }
 
-    /// Waits until `guard status` answers.
+    /// Waits until `guard status` answers, failing if the newest daemon exits first.
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if self.guard(&["status"]).status.success() {
                 return;
             }
-            for d in &mut self.daemons {
-                if let Ok(Some(st)) = d.try_wait() {
-                    panic!("guard run exited early ({st}): {}", self.logs());
-                }
+            if let Some(d) = self.daemons.last_mut()
+                && let Ok(Some(st)) = d.try_wait()
+            {
+                panic!("guard run exited early ({st}): {}", self.logs());
             }
             assert!(
                 Instant::now() < deadline,
