@@ -1,7 +1,9 @@
 //! `cargo xtask`: builds, runs, tests and lints guard, installing what the eBPF build needs.
-//! Subcommands are declared here with clap; the work is in `prereqs` and `build`.
+//! Subcommands are declared here with clap; the work is in `prereqs`, `build` and `bench`.
 
+mod bench;
 mod build;
+mod demo;
 mod prereqs;
 
 use std::{
@@ -49,6 +51,14 @@ enum Task {
     Clippy,
     /// Build the eBPF object and print its path.
     EbpfObject,
+    /// Build, then show the guard on a throwaway namespace testbed: a client and a flood at once.
+    Demo,
+    /// Build (release), install the peers, and run the benchmarks as root: writes BENCHMARKS.md.
+    Bench {
+        /// Arguments for `guard-bench`, after `--` (e.g. `-- --only cost --repeat 500000`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,6 +105,15 @@ fn dispatch(task: Task) -> Result<ExitCode> {
         Task::EbpfObject => {
             let object = build::ebpf_object()?;
             println!("{}", object.display());
+        }
+        Task::Bench { args } => bench::bench(&args)?,
+        Task::Demo => {
+            if !prereqs::is_root()? {
+                bail!(
+                    "cargo xtask demo needs root: it creates network namespaces and attaches XDP"
+                );
+            }
+            demo::demo()?;
         }
     }
     Ok(ExitCode::SUCCESS)
