@@ -3,3 +3,14 @@
 pub mod cidr;
 pub mod datapath;
 pub mod ebpf;
+pub mod config;
+pub mod duration;
+pub mod state;
+pub mod agent;
+pub mod health;
+pub mod http_server;
+pub mod metrics;
+pub mod control;
+pub mod api;
+pub mod daemon;
+pub mod cli;
