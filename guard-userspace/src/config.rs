@@ -2,6 +2,7 @@
 //! into [`Settings`], with `guard run` flags applied on top; errors name line, field and range.
 use std::{
     fmt, fs,
+    net::SocketAddr,
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -10,7 +11,10 @@ use guard_common::{Config, FLAG_DRY_RUN, MAX_RATE};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::ebpf::AttachMode;
+use crate::{
+    ebpf::AttachMode,
+    health::{CheckSpec, HealthConfig, HealthError, HealthSettings},
+};
 
 /// The embedded default configuration, every key commented (`guard config default`).
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -84,6 +88,9 @@ pub enum ConfigError {
         value: String,
         expected: String,
     },
+    /// A `[health]` value the health settings refuse; the error names field, value and range.
+    #[error("{origin}: {error}")]
+    Health { origin: Origin, error: HealthError },
     #[error("cannot read the routing table {path} to find the default-route interface")]
     Routes {
         path: &'static str,
@@ -107,6 +114,10 @@ impl ConfigError {
             | Self::Invalid {
                 origin: Origin::Config { line, .. },
                 ..
+            }
+            | Self::Health {
+                origin: Origin::Config { line, .. },
+                ..
             } => *line,
             _ => None,
         }
@@ -124,6 +135,7 @@ struct RawConfig {
     limits: RawLimits,
     control: RawControl,
     state: RawState,
+    health: RawHealth,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,17 +171,36 @@ struct RawState {
     dir: Option<Spanned<String>>,
 }
 
+/// `[health]`: the listeners, then [`HealthSettings`] key for key (with spans, so that a value
+/// the health settings refuse is reported with its line).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHealth {
+    listen: Option<Spanned<String>>,
+    agent_listen: Option<Spanned<String>>,
+    warn_at: Option<Spanned<f64>>,
+    drain_at: Option<Spanned<f64>>,
+    weight_floor: Option<Spanned<i64>>,
+    psi_warn_at: Option<Spanned<f64>>,
+    psi_drain_at: Option<Spanned<f64>>,
+    map_warn_at: Option<Spanned<f64>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    checks: Option<Vec<Spanned<CheckSpec>>>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Validated.
 
 /// A validated configuration.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Settings {
     pub source: ConfigSource,
     pub datapath: DatapathSettings,
     pub limits: Limits,
     pub control: ControlSettings,
     pub state: StateSettings,
+    pub health: HealthSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -201,6 +232,48 @@ pub struct ControlSettings {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StateSettings {
     pub dir: PathBuf,
+}
+
+/// `[health]`: where the health outputs listen, and the health settings (validated: they make
+/// a [`HealthConfig`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HealthSection {
+    /// The HTTP server (`/livez`, `/readyz`, `/readyz/haproxy`, `/metrics`); `None` is off.
+    pub listen: Option<SocketAddr>,
+    /// The HAProxy agent-check server; `None` is off.
+    pub agent_listen: Option<SocketAddr>,
+    pub settings: HealthSettings,
+}
+
+impl HealthSection {
+    /// The validated health configuration.
+    ///
+    /// # Errors
+    ///
+    /// Only for settings that did not come through [`Settings::parse`], which validates them.
+    pub fn config(&self) -> Result<HealthConfig, HealthError> {
+        HealthConfig::from_settings(&self.settings)
+    }
+}
+
+/// The HTTP health listener when the config does not name one: loopback, so that nothing is
+/// exposed until the operator chooses the address the load balancers reach.
+pub const DEFAULT_HEALTH_LISTEN: &str = "127.0.0.1:9301";
+/// The agent-check listener when the config does not name one (loopback, as above).
+pub const DEFAULT_AGENT_LISTEN: &str = "127.0.0.1:9302";
+
+/// What a listen address accepts, for error messages.
+const LISTEN_EXPECTED: &str = "expected ADDRESS:PORT with an IP address and a port from 1 to 65535, such as 127.0.0.1:9301 or [::]:9301, or \"\" to turn the listener off";
+
+/// Parses a listen address: `""` is off.
+fn parse_listen(value: &str) -> Result<Option<SocketAddr>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    match value.parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(Some(a)),
+        _ => Err(LISTEN_EXPECTED.to_string()),
+    }
 }
 
 /// `guard run` flags that override the config file. Unset flags leave the file's value.
@@ -239,6 +312,14 @@ pub struct Overrides {
     /// Directory of the state file.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Where the health HTTP server listens (/livez, /readyz, /readyz/haproxy, /metrics);
+    /// "" turns it off. Replaces [health] listen.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub health_listen: Option<String>,
+    /// Where the HAProxy agent-check server listens; "" turns it off. Replaces
+    /// [health] agent_listen.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub agent_listen: Option<String>,
 }
 
 /// Parses an attach mode as the config file spells it.
@@ -292,6 +373,11 @@ impl Settings {
             state: StateSettings {
                 dir: PathBuf::from("/var/lib/guard"),
             },
+            health: HealthSection {
+                listen: parse_listen(DEFAULT_HEALTH_LISTEN).expect("a valid default"),
+                agent_listen: parse_listen(DEFAULT_AGENT_LISTEN).expect("a valid default"),
+                settings: HealthSettings::default(),
+            },
         }
     }
 
@@ -336,6 +422,7 @@ impl Settings {
             limits,
             control,
             state,
+            health,
         } = raw;
         let mut out = Self::builtin();
         out.source = source.clone();
@@ -409,6 +496,7 @@ impl Settings {
         if let Some(dir) = dir {
             out.state.dir = v.path(dir, "state.dir", false)?;
         }
+        out.health = v.health(health)?;
         Ok(out)
     }
 
@@ -430,6 +518,8 @@ impl Settings {
             socket,
             pin_dir,
             state_dir,
+            health_listen,
+            agent_listen,
         } = o;
         let flag = |field: &str, value: String, expected: String| ConfigError::Invalid {
             origin: Origin::Flag,
@@ -480,6 +570,14 @@ impl Settings {
                 check_path(p, absolute)
                     .map_err(|e| flag(name, format!("{:?}", p.display().to_string()), e))?;
                 *slot = p.clone();
+            }
+        }
+        for (slot, value, name) in [
+            (&mut self.health.listen, health_listen, "health-listen"),
+            (&mut self.health.agent_listen, agent_listen, "agent-listen"),
+        ] {
+            if let Some(v) = value {
+                *slot = parse_listen(v).map_err(|e| flag(name, format!("{v:?}"), e))?;
             }
         }
         Ok(())
@@ -534,6 +632,8 @@ impl Settings {
             limits: _,
             control: ControlSettings { socket },
             state: StateSettings { dir },
+            // Applied by a reload: new listeners are bound before the old ones close.
+            health: _,
         } = self;
         let mut out = Vec::new();
         if *interfaces != new.datapath.interfaces {
@@ -611,6 +711,113 @@ impl Validator<'_> {
         check_path(&p, absolute)
             .map_err(|e| self.invalid(&span, field, format!("{value:?}"), e))?;
         Ok(p)
+    }
+}
+
+impl Validator<'_> {
+    /// Builds and validates the `[health]` section: keys left out keep their defaults.
+    fn health(&self, raw: RawHealth) -> Result<HealthSection, ConfigError> {
+        let RawHealth {
+            listen,
+            agent_listen,
+            warn_at,
+            drain_at,
+            weight_floor,
+            psi_warn_at,
+            psi_drain_at,
+            map_warn_at,
+            rise,
+            fall,
+            checks,
+        } = raw;
+        let mut out = Settings::builtin().health;
+        for (slot, raw, field) in [
+            (&mut out.listen, listen, "health.listen"),
+            (&mut out.agent_listen, agent_listen, "health.agent_listen"),
+        ] {
+            if let Some(raw) = raw {
+                let span = raw.span();
+                let value = raw.into_inner();
+                *slot = parse_listen(&value)
+                    .map_err(|e| self.invalid(&span, field, format!("{value:?}"), e))?;
+            }
+        }
+        // Where each key was written, for the line of an error.
+        let mut spans: Vec<(&'static str, Range<usize>)> = Vec::new();
+        let HealthSettings {
+            warn_at: s_warn_at,
+            drain_at: s_drain_at,
+            weight_floor: s_weight_floor,
+            psi_warn_at: s_psi_warn_at,
+            psi_drain_at: s_psi_drain_at,
+            map_warn_at: s_map_warn_at,
+            rise: s_rise,
+            fall: s_fall,
+            checks: s_checks,
+        } = &mut out.settings;
+        for (slot, raw, field) in [
+            (s_warn_at, warn_at, "health.warn_at"),
+            (s_drain_at, drain_at, "health.drain_at"),
+            (s_psi_warn_at, psi_warn_at, "health.psi_warn_at"),
+            (s_psi_drain_at, psi_drain_at, "health.psi_drain_at"),
+            (s_map_warn_at, map_warn_at, "health.map_warn_at"),
+        ] {
+            if let Some(raw) = raw {
+                spans.push((field, raw.span()));
+                *slot = raw.into_inner();
+            }
+        }
+        for (slot, raw, field, min, max) in [
+            (s_weight_floor, weight_floor, "health.weight_floor", 0, 100),
+            (s_rise, rise, "health.rise", 1, 100),
+            (s_fall, fall, "health.fall", 1, 100),
+        ] {
+            if let Some(raw) = raw {
+                let span = raw.span();
+                let value = raw.into_inner();
+                // Out of u32: the health settings would never see it, so say the range here.
+                *slot = u32::try_from(value).map_err(|_| {
+                    self.invalid(&span, field, value.to_string(), range_text(min, max))
+                })?;
+                spans.push((field, span));
+            }
+        }
+        let mut check_spans = Vec::new();
+        if let Some(list) = checks {
+            *s_checks = list
+                .into_iter()
+                .map(|c| {
+                    check_spans.push(c.span());
+                    c.into_inner()
+                })
+                .collect();
+        }
+        if let Err(error) = HealthConfig::from_settings(&out.settings) {
+            let span_of = |field: &str| spans.iter().find(|(f, _)| *f == field).map(|(_, s)| s);
+            let span = match &error {
+                HealthError::Threshold { field, .. } | HealthError::Range { field, .. } => {
+                    span_of(field)
+                }
+                HealthError::ThresholdOrder {
+                    warn_field,
+                    drain_field,
+                    ..
+                } => span_of(warn_field).or_else(|| span_of(drain_field)),
+                HealthError::UnknownCheckType { index, .. }
+                | HealthError::CheckTarget { index, .. }
+                | HealthError::CheckTimeout { index, .. } => check_spans.get(*index),
+                HealthError::TooManyChecks { .. } => check_spans.last(),
+                HealthError::UnknownFormat { .. } => None,
+            };
+            return Err(ConfigError::Health {
+                origin: Origin::Config {
+                    source: self.source.clone(),
+                    line: span.map(|s| line_of(self.text, s)),
+                },
+                error,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -911,6 +1118,93 @@ mod tests {
         assert_eq!(
             old.restart_needed_for(&new),
             ["datapath.interfaces", "control.socket"]
+        );
+    }
+
+    #[test]
+    fn health_section_is_read_with_its_listeners_and_checks() {
+        let s = parse(
+            "[health]\nlisten = \"198.18.0.1:9301\"\nagent_listen = \"\"\nwarn_at = 60\n\
+             drain_at = 85.5\nrise = 1\n[[health.checks]]\ntype = \"tcp\"\ntarget = \"127.0.0.1:8080\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.health.listen, Some("198.18.0.1:9301".parse().unwrap()));
+        assert_eq!(s.health.agent_listen, None);
+        assert_eq!(s.health.settings.warn_at, 60.0);
+        assert_eq!(s.health.settings.drain_at, 85.5);
+        assert_eq!(s.health.settings.rise, 1);
+        assert_eq!(s.health.settings.fall, 3);
+        assert_eq!(s.health.settings.checks.len(), 1);
+        assert!(s.health.config().is_ok());
+        let b = Settings::builtin();
+        assert_eq!(b.health.listen, Some(DEFAULT_HEALTH_LISTEN.parse().unwrap()));
+        assert_eq!(b.health.agent_listen, Some(DEFAULT_AGENT_LISTEN.parse().unwrap()));
+    }
+
+    #[test]
+    fn threshold_of_150_percent_names_line_field_value_and_range() {
+        let e = parse("[health]\ndrain_at = 95\nwarn_at = 150\n").unwrap_err();
+        assert_eq!(e.line(), Some(3));
+        assert_eq!(
+            e.to_string(),
+            "/etc/guard.toml line 3: health.warn_at = 150: expected a percentage from 0 to 100"
+        );
+        let e = parse("[health]\nwarn_at = 95\ndrain_at = 90\n").unwrap_err();
+        assert_eq!(e.line(), Some(2));
+        assert!(e.to_string().contains("must be below health.drain_at = 90"), "{e}");
+        let e = parse("[health]\nrise = -1\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/guard.toml line 2: health.rise = -1: out of range: accepts 1 to 100"
+        );
+        let e = parse("[health]\nfall = 0\n").unwrap_err();
+        assert!(e.to_string().contains("health.fall = 0"), "{e}");
+    }
+
+    #[test]
+    fn unknown_check_type_names_line_field_value_and_accepted_types() {
+        let e = parse(
+            "[health]\n[[health.checks]]\ntype = \"tcp\"\ntarget = \"127.0.0.1:1\"\n\
+             [[health.checks]]\ntype = \"icmp\"\ntarget = \"127.0.0.1\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line(), Some(5), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "/etc/guard.toml line 5: health.checks[1].type = \"icmp\": expected \"tcp\" or \"http\""
+        );
+        let e = parse("[health]\nchecks = [{ type = \"tcp\", target = \"x\", port = 1 }]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field `port`"), "{e}");
+    }
+
+    #[test]
+    fn listen_addresses_are_checked_in_the_file_and_on_the_command_line() {
+        for bad in ["localhost:9301", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", " "] {
+            let e = parse(&format!("[health]\nlisten = {bad:?}\n")).unwrap_err();
+            assert_eq!(e.line(), Some(2), "{bad}: {e}");
+            assert!(e.to_string().contains("health.listen"), "{e}");
+            assert!(e.to_string().contains("ADDRESS:PORT"), "{e}");
+        }
+        let mut s = parse("[health]\nlisten = \"[::]:9301\"\n").unwrap();
+        assert_eq!(s.health.listen, Some("[::]:9301".parse().unwrap()));
+        s.apply(&Overrides {
+            health_listen: Some("".into()),
+            agent_listen: Some("198.18.0.1:7777".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(s.health.listen, None);
+        assert_eq!(s.health.agent_listen, Some("198.18.0.1:7777".parse().unwrap()));
+        let e = s
+            .apply(&Overrides {
+                agent_listen: Some("nowhere".into()),
+                ..Overrides::default()
+            })
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("command line: --agent-listen = \"nowhere\": expected ADDRESS:PORT"),
+            "{e}"
         );
     }
 

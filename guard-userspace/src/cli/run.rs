@@ -63,6 +63,7 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
                 limits: l,
                 control,
                 state,
+                health,
             } = &s;
             let what = match source {
                 ConfigSource::Embedded => "the built-in default config".to_string(),
@@ -98,6 +99,25 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
             println!("  pins         {}", datapath.pin_dir.display());
             println!("  socket       {}", control.socket.display());
             println!("  state        {}", state.dir.display());
+            let listener = |a: &Option<std::net::SocketAddr>| {
+                a.map_or_else(|| "off".to_string(), |a| a.to_string())
+            };
+            println!(
+                "  health       http {}, agent {}",
+                listener(&health.listen),
+                listener(&health.agent_listen)
+            );
+            let h = &health.settings;
+            println!(
+                "  headroom     warn at {}%, drain at {}% (PSI warn at {}%, drain at {}%), weight floor {}%, rise {}, fall {}",
+                h.warn_at, h.drain_at, h.psi_warn_at, h.psi_drain_at, h.weight_floor, h.rise, h.fall
+            );
+            if h.checks.is_empty() {
+                println!("  checks       none");
+            }
+            for c in &h.checks {
+                println!("  checks       {} {}", c.kind, c.target);
+            }
             Ok(())
         }
     }
