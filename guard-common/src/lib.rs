@@ -90,6 +90,25 @@ pub mod reason {
 
 /// `Config::flags`: decide and count, but pass everything.
 pub const FLAG_DRY_RUN: u32 = 1;
+/// `Config::flags`: the `FLAG_HAS_*` bits are maintained by userspace. Without it (a config
+/// never written) the program looks up every list: hints can only ever skip a lookup of a list
+/// that is known to be empty.
+pub const FLAG_LIST_HINTS: u32 = 1 << 1;
+/// `Config::flags`: the IPv4 allow list has entries (meaningful with `FLAG_LIST_HINTS`).
+pub const FLAG_HAS_ALLOW_V4: u32 = 1 << 2;
+pub const FLAG_HAS_ALLOW_V6: u32 = 1 << 3;
+pub const FLAG_HAS_DENY_V4: u32 = 1 << 4;
+pub const FLAG_HAS_DENY_V6: u32 = 1 << 5;
+/// The bits userspace derives from the lists themselves, not from the operator's config.
+pub const LIST_HINT_BITS: u32 =
+    FLAG_LIST_HINTS | FLAG_HAS_ALLOW_V4 | FLAG_HAS_ALLOW_V6 | FLAG_HAS_DENY_V4 | FLAG_HAS_DENY_V6;
+
+/// Should the program look `bit`'s list up under `flags`? Yes unless hints are maintained and
+/// say the list is empty.
+#[inline(always)]
+pub const fn list_may_match(flags: u32, bit: u32) -> bool {
+    flags & FLAG_LIST_HINTS == 0 || flags & bit != 0
+}
 
 /// Run-time limits and mode, in `GUARD_CONFIG[0]`. A zero rate turns that limit off, so an
 /// unwritten config (all zero) fails open: no rate limits, the lists still apply.
@@ -112,8 +131,13 @@ pub struct Config {
     /// IPv6 sources are tracked per this prefix (1..=128; 0 means 64).
     pub v6_prefix_len: u32,
     pub _pad: u32,
+    /// `fill_ns(pps, burst)`, precomputed by userspace so the program never divides; 0 makes
+    /// the program compute it.
+    pub pkt_fill_ns: u64,
+    /// `fill_ns(syn_pps, syn_burst)`, likewise.
+    pub syn_fill_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
 
 /// Value of the allow and deny tries.
 #[repr(C)]
@@ -155,8 +179,12 @@ pub struct SourceState {
     pub syns: u64,
     /// Packets of this source that were dropped.
     pub dropped: u64,
+    /// A copy of the source's ban expiry (`BANS` holds the ban itself), so a tracked source
+    /// costs one lookup per packet. Filled from `BANS` when the source is first tracked;
+    /// userspace drops the tracker entry when it changes a ban, so the copy never goes stale.
+    pub banned_until_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<SourceState>() == 64);
+const _: () = assert!(core::mem::size_of::<SourceState>() == 72);
 
 /// A ban, in its own hash map so that churn in the LRU tracker cannot evict it.
 #[repr(C)]
@@ -247,30 +275,32 @@ pub const TOKEN: u64 = 1_000_000_000;
 /// Largest rate or burst userspace may configure, so that `burst * TOKEN` fits in a u64.
 pub const MAX_RATE: u64 = 1 << 32;
 
+/// Nanoseconds an empty bucket takes to fill: `burst` packets at `rate` per second (`rate`
+/// non-zero; a `burst` of 0 behaves as 1).
+#[inline(always)]
+pub const fn fill_ns(rate: u64, burst: u64) -> u64 {
+    let burst = if burst == 0 { 1 } else { burst };
+    burst * TOKEN / rate
+}
+
 /// Refills `bucket` for the time since it was last used, then takes one packet's token.
 /// Returns true if the packet conforms. `rate` is per second and must be non-zero; a bucket
-/// holds at most `burst` packets (a `burst` of 0 behaves as 1).
+/// holds at most `burst` packets (a `burst` of 0 behaves as 1); `fill` is
+/// `fill_ns(rate, burst)`, passed in so that the per-packet path never divides.
 ///
-/// Exact for any elapsed time: the refill saturates at the cap before the product
-/// `elapsed * rate` can overflow. A clock that appears to go backwards (two CPUs racing on
-/// one source) refills nothing.
+/// Exact for any elapsed time: past `fill` the bucket is simply full, and below it
+/// `elapsed * rate <= burst * TOKEN`, which cannot overflow. A clock that appears to go
+/// backwards (two CPUs racing on one source) refills nothing.
 #[inline(always)]
-pub fn take_token(bucket: &mut Bucket, now_ns: u64, rate: u64, burst: u64) -> bool {
+pub fn take_token(bucket: &mut Bucket, now_ns: u64, rate: u64, burst: u64, fill: u64) -> bool {
     let burst = if burst == 0 { 1 } else { burst };
     let cap = burst * TOKEN;
     let elapsed = now_ns.saturating_sub(bucket.last_ns);
-    let tokens = if bucket.tokens >= cap {
+    let tokens = if elapsed >= fill {
         cap
     } else {
-        // Nanoseconds needed to fill the bucket; past that, it is simply full.
-        let to_full = (cap - bucket.tokens) / rate + 1;
-        if elapsed >= to_full {
-            cap
-        } else {
-            // elapsed < to_full, so elapsed * rate <= cap - tokens + rate: no overflow.
-            let t = bucket.tokens + elapsed * rate;
-            if t > cap { cap } else { t }
-        }
+        let t = bucket.tokens + elapsed * rate;
+        if t > cap { cap } else { t }
     };
     if now_ns > bucket.last_ns {
         bucket.last_ns = now_ns;
@@ -373,32 +403,34 @@ mod tests {
     #[test]
     fn full_bucket_allows_exactly_burst_packets_at_one_instant() {
         let mut b = full_bucket(1_000, 5);
-        let allowed = (0..10).filter(|_| take_token(&mut b, 1_000, 10, 5)).count();
+        let allowed = (0..10)
+            .filter(|_| take_token(&mut b, 1_000, 10, 5, fill_ns(10, 5)))
+            .count();
         assert_eq!(allowed, 5);
     }
 
     #[test]
     fn bucket_refills_at_rate() {
         let mut b = full_bucket(0, 2);
-        assert!(take_token(&mut b, 0, 10, 2));
-        assert!(take_token(&mut b, 0, 10, 2));
-        assert!(!take_token(&mut b, 0, 10, 2));
+        assert!(take_token(&mut b, 0, 10, 2, fill_ns(10, 2)));
+        assert!(take_token(&mut b, 0, 10, 2, fill_ns(10, 2)));
+        assert!(!take_token(&mut b, 0, 10, 2, fill_ns(10, 2)));
         // 10 pps: one token every 100 ms.
-        assert!(!take_token(&mut b, SEC / 10 - 1, 10, 2));
-        assert!(take_token(&mut b, SEC / 10, 10, 2));
-        assert!(!take_token(&mut b, SEC / 10, 10, 2));
+        assert!(!take_token(&mut b, SEC / 10 - 1, 10, 2, fill_ns(10, 2)));
+        assert!(take_token(&mut b, SEC / 10, 10, 2, fill_ns(10, 2)));
+        assert!(!take_token(&mut b, SEC / 10, 10, 2, fill_ns(10, 2)));
     }
 
     #[test]
     fn refill_never_exceeds_burst() {
         let mut b = full_bucket(0, 3);
         for _ in 0..3 {
-            assert!(take_token(&mut b, 0, 1000, 3));
+            assert!(take_token(&mut b, 0, 1000, 3, fill_ns(1000, 3)));
         }
         // A long idle refills to the burst, not beyond.
         let later = 3600 * SEC;
         let allowed = (0..10)
-            .filter(|_| take_token(&mut b, later, 1000, 3))
+            .filter(|_| take_token(&mut b, later, 1000, 3, fill_ns(1000, 3)))
             .count();
         assert_eq!(allowed, 3);
     }
@@ -409,20 +441,26 @@ mod tests {
             tokens: 0,
             last_ns: 0,
         };
-        assert!(take_token(&mut b, u64::MAX, MAX_RATE, MAX_RATE));
+        assert!(take_token(
+            &mut b,
+            u64::MAX,
+            MAX_RATE,
+            MAX_RATE,
+            fill_ns(MAX_RATE, MAX_RATE)
+        ));
         assert_eq!(b.tokens, MAX_RATE * TOKEN - TOKEN);
         let mut b = Bucket {
             tokens: 0,
             last_ns: 0,
         };
-        assert!(take_token(&mut b, u64::MAX / 2, 1, 1));
+        assert!(take_token(&mut b, u64::MAX / 2, 1, 1, fill_ns(1, 1)));
     }
 
     #[test]
     fn clock_going_backwards_refills_nothing() {
         let mut b = full_bucket(10 * SEC, 1);
-        assert!(take_token(&mut b, 10 * SEC, 1, 1));
-        assert!(!take_token(&mut b, 5 * SEC, 1, 1));
+        assert!(take_token(&mut b, 10 * SEC, 1, 1, fill_ns(1, 1)));
+        assert!(!take_token(&mut b, 5 * SEC, 1, 1, fill_ns(1, 1)));
         assert_eq!(b.last_ns, 10 * SEC);
     }
 
@@ -431,7 +469,7 @@ mod tests {
         // 1000 pps for 10 s with packets every 100 us (10,000 pps offered): ~10,000 + burst.
         let mut b = full_bucket(0, 50);
         let allowed = (0..100_000u64)
-            .filter(|i| take_token(&mut b, i * 100_000, 1000, 50))
+            .filter(|i| take_token(&mut b, i * 100_000, 1000, 50, fill_ns(1000, 50)))
             .count();
         assert!((10_000..=10_051).contains(&allowed), "allowed {allowed}");
     }
@@ -478,6 +516,23 @@ mod tests {
         assert_eq!(source_key_v6(a, 72).addr[8], 1);
         assert_eq!(source_key_v6(a, 72).addr[9], 0);
         assert_eq!(source_key_v6(a, 64).as_v4(), None);
+    }
+
+    #[test]
+    fn list_hints_only_ever_skip_known_empty_lists() {
+        // Never written: look everything up.
+        assert!(list_may_match(0, FLAG_HAS_DENY_V4));
+        assert!(list_may_match(FLAG_DRY_RUN, FLAG_HAS_DENY_V4));
+        // Maintained: skip the empty ones only.
+        assert!(!list_may_match(FLAG_LIST_HINTS, FLAG_HAS_DENY_V4));
+        assert!(list_may_match(
+            FLAG_LIST_HINTS | FLAG_HAS_DENY_V4,
+            FLAG_HAS_DENY_V4
+        ));
+        assert!(!list_may_match(
+            FLAG_LIST_HINTS | FLAG_HAS_DENY_V4,
+            FLAG_HAS_ALLOW_V4
+        ));
     }
 
     #[test]

@@ -1,43 +1,53 @@
-//! Per-source rate state: the packet and SYN token buckets, and the bans they lead to.
+//! Per-source state: the packet and SYN token buckets, and the bans they lead to.
 use aya_ebpf::bindings::BPF_NOEXIST;
 use guard_common::{
-    Ban, BanEvent, Config, SourceKey, SourceState, full_bucket, reason, take_token,
+    Ban, BanEvent, Config, SourceKey, SourceState, fill_ns, full_bucket, reason, take_token,
 };
 
 use crate::maps::{BANS, EVENTS, SOURCES};
 
-/// Is `key` banned at `now`? An expired ban is removed here, so the source passes at once
-/// rather than waiting for the daemon's sweep.
+/// The ban expiry `BANS` holds for `key`, or 0. An expired ban is removed here, so the
+/// source passes at once rather than waiting for the daemon's sweep.
 #[inline(always)]
-pub fn banned(key: &SourceKey, now: u64) -> bool {
+fn ban_expiry(key: &SourceKey, now: u64) -> u64 {
     match BANS.get_ptr(key) {
         // SAFETY: a pointer from a map lookup is valid for this program run; Ban is Copy.
-        Some(ban) if unsafe { (*ban).expires_ns } > now => true,
-        Some(_) => {
-            let _ = BANS.remove(key);
-            false
+        Some(ban) => {
+            let expires = unsafe { (*ban).expires_ns };
+            if expires > now {
+                expires
+            } else {
+                let _ = BANS.remove(key);
+                0
+            }
         }
-        None => false,
+        None => 0,
     }
 }
 
-/// Charges one packet (and one SYN if `syn`) to the source's buckets. Returns the verdict
-/// reason: `PASSED`, `RATE_LIMITED` or `SYN_LIMITED`.
+/// Judges one packet of a source that is in neither list: ban, then packet bucket, then SYN
+/// bucket. Returns `PASSED`, `BANNED`, `RATE_LIMITED` or `SYN_LIMITED`; a source that goes
+/// over a limit is banned here.
 #[inline(always)]
-pub fn charge(key: &SourceKey, cfg: &Config, now: u64, len: u64, syn: bool) -> usize {
+pub fn judge(key: &SourceKey, cfg: &Config, now: u64, len: u64, syn: bool, ifindex: u32) -> usize {
     let state = match SOURCES.get_ptr_mut(key) {
         Some(s) => s,
         None => {
+            // First packet of this source (or first since the LRU evicted it): a full
+            // bucket, and any ban `BANS` holds for it.
             let fresh = SourceState {
                 pkt: full_bucket(now, cfg.burst),
                 syn: full_bucket(now, cfg.syn_burst),
+                banned_until_ns: ban_expiry(key, now),
                 ..SourceState::default()
             };
             // NOEXIST: another CPU may have inserted it meanwhile; then use theirs.
             let _ = SOURCES.insert(key, fresh, BPF_NOEXIST as u64);
             match SOURCES.get_ptr_mut(key) {
                 Some(s) => s,
-                // Cannot track it (not even after an insert): fail open, it passes unlimited.
+                // Cannot track it, not even after an insert: bans still hold; otherwise it
+                // passes unlimited (fail open).
+                None if fresh.banned_until_ns != 0 => return reason::BANNED,
                 None => return reason::PASSED,
             }
         }
@@ -47,39 +57,72 @@ pub fn charge(key: &SourceKey, cfg: &Config, now: u64, len: u64, syn: bool) -> u
     let state = unsafe { &mut *state };
     state.packets += 1;
     state.bytes += len;
+    if state.banned_until_ns > now {
+        state.dropped += 1;
+        return reason::BANNED;
+    }
     let mut verdict = reason::PASSED;
-    if cfg.pps != 0 && !take_token(&mut state.pkt, now, cfg.pps, cfg.burst) {
+    if cfg.pps != 0 && !take_token(&mut state.pkt, now, cfg.pps, cfg.burst, pkt_fill(cfg)) {
         verdict = reason::RATE_LIMITED;
     } else if syn {
         state.syns += 1;
-        if cfg.syn_pps != 0 && !take_token(&mut state.syn, now, cfg.syn_pps, cfg.syn_burst) {
+        if cfg.syn_pps != 0
+            && !take_token(
+                &mut state.syn,
+                now,
+                cfg.syn_pps,
+                cfg.syn_burst,
+                syn_fill(cfg),
+            )
+        {
             verdict = reason::SYN_LIMITED;
         }
     }
     if verdict != reason::PASSED {
         state.dropped += 1;
+        if cfg.ban_ns != 0 {
+            state.banned_until_ns = now + cfg.ban_ns;
+            ban(key, state.banned_until_ns, now, verdict, ifindex);
+        }
     }
     verdict
 }
 
-/// Bans `key` for `cfg.ban_ns` and reports the new ban through the ring buffer.
+/// The packet bucket's fill time: precomputed by userspace, computed here only if it is not.
 #[inline(always)]
-pub fn ban(key: &SourceKey, cfg: &Config, now: u64, why: usize, ifindex: u32) {
-    if cfg.ban_ns == 0 {
-        return;
+fn pkt_fill(cfg: &Config) -> u64 {
+    if cfg.pkt_fill_ns != 0 {
+        cfg.pkt_fill_ns
+    } else {
+        fill_ns(cfg.pps, cfg.burst)
     }
+}
+
+#[inline(always)]
+fn syn_fill(cfg: &Config) -> u64 {
+    if cfg.syn_fill_ns != 0 {
+        cfg.syn_fill_ns
+    } else {
+        fill_ns(cfg.syn_pps, cfg.syn_burst)
+    }
+}
+
+/// Records a new ban in `BANS` and reports it through the ring buffer.
+#[inline(always)]
+fn ban(key: &SourceKey, expires_ns: u64, now: u64, why: usize, ifindex: u32) {
     let ban = Ban {
-        expires_ns: now + cfg.ban_ns,
+        expires_ns,
         since_ns: now,
         reason: why as u32,
         _pad: 0,
     };
-    // NOEXIST: if another CPU banned it first, keep that ban and report only once.
+    // NOEXIST: if another CPU banned it first, keep that ban and report only once. A full
+    // BANS keeps the ban only in the tracker entry (lost if the LRU evicts it).
     if BANS.insert(key, ban, BPF_NOEXIST as u64).is_ok() {
         let event = BanEvent {
             source: *key,
             since_ns: now,
-            expires_ns: ban.expires_ns,
+            expires_ns,
             reason: why as u32,
             ifindex,
         };

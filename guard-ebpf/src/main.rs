@@ -13,11 +13,13 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{
-        bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, maps::lpm_trie::Key,
+        bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, maps::lpm_trie::Key,
         programs::XdpContext,
     };
     use guard_common::{
-        Config, FLAG_DRY_RUN, ListEntry, capacity, reason, source_key_v4, source_key_v6,
+        Config, FLAG_DRY_RUN, FLAG_HAS_ALLOW_V4, FLAG_HAS_ALLOW_V6, FLAG_HAS_DENY_V4,
+        FLAG_HAS_DENY_V6, ListEntry, capacity, list_may_match, reason, source_key_v4,
+        source_key_v6,
     };
 
     use crate::{
@@ -75,36 +77,36 @@ mod program {
         if pkt.neighbour_discovery {
             return reason::PASSED;
         }
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
+        // CLOCK_MONOTONIC at jiffy resolution: a fraction of bpf_ktime_get_ns's cost on
+        // kvm-clock hosts, and a tick is fine grain for buckets in packets per second and bans
+        // in seconds. Userspace compares against the same clock.
+        // SAFETY: bpf_ktime_get_coarse_ns (Linux 5.11) has no preconditions.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        let f = cfg.flags;
         let key = match pkt.src {
             Source::V4(a) => {
                 let k = Key::new(32, a);
-                if live(ALLOW_V4.get(&k), now) {
+                if list_may_match(f, FLAG_HAS_ALLOW_V4) && live(ALLOW_V4.get(&k), now) {
                     return reason::ALLOWED;
                 }
-                if live(DENY_V4.get(&k), now) {
+                if list_may_match(f, FLAG_HAS_DENY_V4) && live(DENY_V4.get(&k), now) {
                     return reason::DENIED;
                 }
                 source_key_v4(a, cfg.v4_prefix_len)
             }
             Source::V6(a) => {
                 let k = Key::new(128, a);
-                if live(ALLOW_V6.get(&k), now) {
+                if list_may_match(f, FLAG_HAS_ALLOW_V6) && live(ALLOW_V6.get(&k), now) {
                     return reason::ALLOWED;
                 }
-                if live(DENY_V6.get(&k), now) {
+                if list_may_match(f, FLAG_HAS_DENY_V6) && live(DENY_V6.get(&k), now) {
                     return reason::DENIED;
                 }
                 source_key_v6(a, cfg.v6_prefix_len)
             }
         };
-        if limit::banned(&key, now) {
-            return reason::BANNED;
-        }
-        let why = limit::charge(&key, cfg, now, len, pkt.syn);
+        let why = limit::judge(&key, cfg, now, len, pkt.syn, ctx.ingress_ifindex() as u32);
         if why != reason::PASSED {
-            limit::ban(&key, cfg, now, why, ctx.ingress_ifindex() as u32);
             return why;
         }
         if pkt.truncated {

@@ -609,6 +609,9 @@ impl Settings {
             v4_prefix_len: u32::from(ipv4_prefix),
             v6_prefix_len: u32::from(ipv6_prefix),
             _pad: 0,
+            // Derived by the datapath when it writes the config.
+            pkt_fill_ns: 0,
+            syn_fill_ns: 0,
         }
     }
 

@@ -18,8 +18,9 @@ use aya::{
     },
 };
 use guard_common::{
-    Ban, BanEvent, Config, Counters, LAYOUT_VERSION, ListEntry, PROGRAM_NAME, SourceKey,
-    SourceState, capacity, map_names,
+    Ban, BanEvent, Config, Counters, FLAG_HAS_ALLOW_V4, FLAG_HAS_ALLOW_V6, FLAG_HAS_DENY_V4,
+    FLAG_HAS_DENY_V6, FLAG_LIST_HINTS, LAYOUT_VERSION, LIST_HINT_BITS, ListEntry, PROGRAM_NAME,
+    SourceKey, SourceState, capacity, fill_ns, map_names,
 };
 
 use crate::{
@@ -433,6 +434,10 @@ pub struct KernelDatapath {
     sources: HashMap<MapData, SourceKey, SourceState>,
     bans: HashMap<MapData, SourceKey, Ban>,
     events: RingBuf<MapData>,
+    /// The config as last set, without the list hints.
+    base: Config,
+    /// `FLAG_HAS_*` bits of the lists known to have entries (see `guard_common::LIST_HINT_BITS`).
+    hints: u32,
 }
 
 impl KernelDatapath {
@@ -455,7 +460,78 @@ impl KernelDatapath {
             bans: take(&mut ebpf, map_names::BANS)?,
             events: take(&mut ebpf, map_names::EVENTS)?,
             ebpf,
+            base: Config::default(),
+            hints: 0,
         })
+        .and_then(|mut dp| {
+            // Adopted maps keep their config and entries: start from them.
+            let current = dp.config.get(&0, 0).map_err(|source| LoadError::Map {
+                map: map_names::CONFIG,
+                source,
+            })?;
+            dp.base = Config {
+                flags: current.flags & !LIST_HINT_BITS,
+                pkt_fill_ns: 0,
+                syn_fill_ns: 0,
+                ..current
+            };
+            for bit in [
+                FLAG_HAS_ALLOW_V4,
+                FLAG_HAS_ALLOW_V6,
+                FLAG_HAS_DENY_V4,
+                FLAG_HAS_DENY_V6,
+            ] {
+                if dp.trie_has_entries(bit) {
+                    dp.hints |= bit;
+                }
+            }
+            dp.write_config()
+                .map_err(|e| LoadError::Link(e.to_string()))?;
+            Ok(dp)
+        })
+    }
+
+    /// Does the trie behind hint `bit` hold any entry? (One BPF_MAP_GET_NEXT_KEY.)
+    fn trie_has_entries(&self, bit: u32) -> bool {
+        match bit {
+            FLAG_HAS_ALLOW_V4 => self.allow_v4.keys().next().is_some(),
+            FLAG_HAS_ALLOW_V6 => self.allow_v6.keys().next().is_some(),
+            FLAG_HAS_DENY_V4 => self.deny_v4.keys().next().is_some(),
+            FLAG_HAS_DENY_V6 => self.deny_v6.keys().next().is_some(),
+            _ => true,
+        }
+    }
+
+    /// Writes the config with the list hints, which let the program skip lookups of empty
+    /// lists. The hint for a list is set after its first entry is in, and cleared after its
+    /// last is out, so the program never skips a list that has entries.
+    fn write_config(&mut self) -> Result<(), DatapathError> {
+        let b = &self.base;
+        let fill = |rate, burst| if rate == 0 { 0 } else { fill_ns(rate, burst) };
+        let cfg = Config {
+            flags: b.flags | FLAG_LIST_HINTS | self.hints,
+            pkt_fill_ns: fill(b.pps, b.burst),
+            syn_fill_ns: fill(b.syn_pps, b.syn_burst),
+            ..*b
+        };
+        self.config
+            .set(0, cfg, 0)
+            .map_err(map_err(map_names::CONFIG, "write"))
+    }
+
+    fn hint_bit(list: List, cidr: &Cidr) -> u32 {
+        match (list, cidr.is_ipv4()) {
+            (List::Allow, true) => FLAG_HAS_ALLOW_V4,
+            (List::Allow, false) => FLAG_HAS_ALLOW_V6,
+            (List::Deny, true) => FLAG_HAS_DENY_V4,
+            (List::Deny, false) => FLAG_HAS_DENY_V6,
+        }
+    }
+
+    /// Forgets `key`'s tracker entry, so that its next packet reads its ban from `BANS`
+    /// afresh (the entry caches the ban's expiry).
+    fn forget_source(&mut self, key: &SourceKey) -> Result<(), DatapathError> {
+        absent_ok(self.sources.remove(key), map_names::SOURCES).map(|_| ())
     }
 
     fn program_mut(&mut self) -> Result<&mut Xdp, LoadError> {
@@ -558,15 +634,25 @@ impl Datapath for KernelDatapath {
     }
 
     fn config(&self) -> Result<Config, DatapathError> {
-        self.config
+        let cfg = self
+            .config
             .get(&0, 0)
-            .map_err(map_err(map_names::CONFIG, "read"))
+            .map_err(map_err(map_names::CONFIG, "read"))?;
+        // What set_config was given: no hints, no derived fill times.
+        Ok(Config {
+            flags: cfg.flags & !LIST_HINT_BITS,
+            pkt_fill_ns: 0,
+            syn_fill_ns: 0,
+            ..cfg
+        })
     }
 
     fn set_config(&mut self, cfg: &Config) -> Result<(), DatapathError> {
-        self.config
-            .set(0, cfg, 0)
-            .map_err(map_err(map_names::CONFIG, "write"))
+        self.base = Config {
+            flags: cfg.flags & !LIST_HINT_BITS,
+            ..*cfg
+        };
+        self.write_config()
     }
 
     fn list_insert(
@@ -575,7 +661,7 @@ impl Datapath for KernelDatapath {
         cidr: &Cidr,
         entry: ListEntry,
     ) -> Result<(), DatapathError> {
-        match (list, v4_key(cidr), v6_key(cidr)) {
+        let inserted = match (list, v4_key(cidr), v6_key(cidr)) {
             (List::Allow, Some(k), _) => self
                 .allow_v4
                 .insert(&k, entry, 0)
@@ -593,17 +679,30 @@ impl Datapath for KernelDatapath {
                 .insert(&k, entry, 0)
                 .map_err(insert_err(map_names::DENY_V6, capacity::DENY_V6)),
             (_, None, None) => unreachable!("a CIDR is IPv4 or IPv6"),
+        };
+        inserted?;
+        let bit = Self::hint_bit(list, cidr);
+        if self.hints & bit == 0 {
+            self.hints |= bit;
+            self.write_config()?;
         }
+        Ok(())
     }
 
     fn list_remove(&mut self, list: List, cidr: &Cidr) -> Result<bool, DatapathError> {
-        match (list, v4_key(cidr), v6_key(cidr)) {
+        let removed = match (list, v4_key(cidr), v6_key(cidr)) {
             (List::Allow, Some(k), _) => absent_ok(self.allow_v4.remove(&k), map_names::ALLOW_V4),
             (List::Allow, _, Some(k)) => absent_ok(self.allow_v6.remove(&k), map_names::ALLOW_V6),
             (List::Deny, Some(k), _) => absent_ok(self.deny_v4.remove(&k), map_names::DENY_V4),
             (List::Deny, _, Some(k)) => absent_ok(self.deny_v6.remove(&k), map_names::DENY_V6),
             (_, None, None) => unreachable!("a CIDR is IPv4 or IPv6"),
+        }?;
+        let bit = Self::hint_bit(list, cidr);
+        if removed && self.hints & bit != 0 && !self.trie_has_entries(bit) {
+            self.hints &= !bit;
+            self.write_config()?;
         }
+        Ok(removed)
     }
 
     fn list_entries(&self, list: List) -> Result<Vec<(Cidr, ListEntry)>, DatapathError> {
@@ -649,11 +748,14 @@ impl Datapath for KernelDatapath {
     fn ban_insert(&mut self, key: &SourceKey, ban: &Ban) -> Result<(), DatapathError> {
         self.bans
             .insert(key, ban, 0)
-            .map_err(insert_err(map_names::BANS, capacity::BANS))
+            .map_err(insert_err(map_names::BANS, capacity::BANS))?;
+        self.forget_source(key)
     }
 
     fn ban_remove(&mut self, key: &SourceKey) -> Result<bool, DatapathError> {
-        absent_ok(self.bans.remove(key), map_names::BANS)
+        let removed = absent_ok(self.bans.remove(key), map_names::BANS)?;
+        self.forget_source(key)?;
+        Ok(removed)
     }
 
     fn counters(&self) -> Result<Vec<(u32, Counters)>, DatapathError> {

@@ -88,8 +88,10 @@ fn table() -> Vec<Fixture> {
             description: "an expired deny entry no longer matches",
             packet: Builder::v4("198.18.7.9").build(),
             setup: |k| {
+                // A second in the past: the program's clock is CLOCK_MONOTONIC at jiffy
+                // resolution.
                 let entry = ListEntry {
-                    expires_ns: k.now_ns() - 1,
+                    expires_ns: k.now_ns() - 1_000_000_000,
                 };
                 k.list_insert(List::Deny, &"198.18.7.0/24".parse().unwrap(), entry)
                     .unwrap();
@@ -330,7 +332,8 @@ fn over_limit_source_drops_after_the_burst_and_is_banned_with_an_expiry() {
     let (key, ban) = bans[0];
     assert_eq!(key, source_key_v4([198, 18, 5, 5], 32));
     assert_eq!(ban.reason, reason::RATE_LIMITED as u32);
-    assert!(ban.expires_ns >= before + 60_000_000_000);
+    // The program's clock is CLOCK_MONOTONIC at jiffy resolution: allow a tick (<= 10 ms).
+    assert!(ban.expires_ns + 10_000_000 >= before + 60_000_000_000);
     assert!(ban.expires_ns <= k.now_ns() + 60_000_000_000);
 
     let events = k.take_events();
@@ -351,7 +354,8 @@ fn an_expired_ban_lets_the_source_pass_again() {
     let key = source_key_v4([198, 18, 5, 5], 32);
     let now = k.now_ns();
     let ban = Ban {
-        expires_ns: now - 1,
+        // A second in the past: the program's clock is CLOCK_MONOTONIC at jiffy resolution.
+        expires_ns: now - 1_000_000_000,
         since_ns: now - 60_000_000_000,
         reason: reason::RATE_LIMITED as u32,
         _pad: 0,
@@ -630,4 +634,91 @@ fn every_truncation_of_a_valid_packet_passes_without_an_abort() {
             "nothing was dropped with no lists and no limits"
         );
     }
+}
+
+#[test]
+fn unban_lifts_a_ban_the_program_made() {
+    let Some(mut k) = kernel_or_skip("unban") else {
+        return;
+    };
+    k.set_config(&limits(1, 1, 0, 0, 60)).unwrap();
+    let p = Builder::v4("198.18.5.7").build();
+    assert_eq!(run_n(&mut k, &p, 3), [XDP_PASS, XDP_DROP, XDP_DROP]);
+    let key = source_key_v4([198, 18, 5, 7], 32);
+    assert!(k.ban_remove(&key).unwrap());
+    // The tracker forgot the source: a full bucket, and no ban.
+    assert_eq!(k.test_run(&p).unwrap(), XDP_PASS);
+    let c = totals(&k);
+    assert_eq!(c.packets[reason::BANNED], 1);
+    assert_eq!(c.packets[reason::PASSED], 2);
+}
+
+#[test]
+fn a_ban_inserted_by_userspace_applies_to_a_source_already_tracked() {
+    let Some(mut k) = kernel_or_skip("ban_tracked") else {
+        return;
+    };
+    let p = Builder::v4("198.18.5.8").build();
+    assert_eq!(k.test_run(&p).unwrap(), XDP_PASS);
+    let now = k.now_ns();
+    let ban = Ban {
+        expires_ns: now + 60_000_000_000,
+        since_ns: now,
+        reason: reason::RATE_LIMITED as u32,
+        _pad: 0,
+    };
+    k.ban_insert(&source_key_v4([198, 18, 5, 8], 32), &ban)
+        .unwrap();
+    assert_eq!(k.test_run(&p).unwrap(), XDP_DROP);
+}
+
+#[test]
+fn list_hints_skip_empty_lists_and_never_a_list_with_entries() {
+    let Some(mut k) = kernel_or_skip("hints") else {
+        return;
+    };
+    k.set_config(&Config::default()).unwrap();
+    let p4 = Builder::v4("198.18.7.9").build();
+    let p6 = Builder::v6("fd00:7::9").build();
+    assert_eq!(k.test_run(&p4).unwrap(), XDP_PASS);
+    deny(&mut k, "198.18.7.0/24");
+    deny(&mut k, "fd00:7::/32");
+    assert_eq!(
+        k.test_run(&p4).unwrap(),
+        XDP_DROP,
+        "the first v4 entry applies at once"
+    );
+    assert_eq!(
+        k.test_run(&p6).unwrap(),
+        XDP_DROP,
+        "the first v6 entry applies at once"
+    );
+    allow(&mut k, "198.18.7.9");
+    assert_eq!(
+        k.test_run(&p4).unwrap(),
+        XDP_PASS,
+        "the first allow entry applies at once"
+    );
+    // A config written later keeps the hints.
+    k.set_config(&limits(1000, 1000, 0, 0, 0)).unwrap();
+    assert_eq!(k.test_run(&p6).unwrap(), XDP_DROP);
+    assert_eq!(
+        k.config().unwrap(),
+        limits(1000, 1000, 0, 0, 0),
+        "hints stay internal"
+    );
+    assert!(
+        k.list_remove(List::Deny, &"fd00:7::/32".parse().unwrap())
+            .unwrap()
+    );
+    assert_eq!(k.test_run(&p6).unwrap(), XDP_PASS);
+    assert!(
+        k.list_remove(List::Allow, &"198.18.7.9/32".parse().unwrap())
+            .unwrap()
+    );
+    assert_eq!(
+        k.test_run(&p4).unwrap(),
+        XDP_DROP,
+        "the deny list still has its entry"
+    );
 }
