@@ -29,6 +29,7 @@ use crate::{
         TopSource, top_sources,
     },
     datapath::{Datapath, List},
+    health::{HealthReport, Override, OverrideMode},
     state::ListRecord,
 };
 
@@ -84,10 +85,20 @@ pub enum Request {
     Reload,
     /// Detach from every interface, remove the pins, and stop the daemon.
     Detach,
+    /// The current health report.
+    Health,
+    /// `guard drain|maint [--for D] [--reason R]`, `guard ready`.
+    Operator {
+        mode: OverrideMode,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        for_secs: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 /// A response: `{"ok": <reply>}` or `{"error": {"message": "..."}}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Ok(Reply),
@@ -95,7 +106,7 @@ pub enum Response {
 }
 
 /// What a request returns when it succeeds, one variant per kind of answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
     Added(AddOutcome),
@@ -113,6 +124,13 @@ pub enum Reply {
     Reloaded(ReloadReport),
     Detached {
         interfaces: Vec<String>,
+    },
+    Health(Box<HealthReport>),
+    /// The override now in force (`None` after `guard ready`) and the first health report
+    /// that took it into account (or the latest, if none came within a few seconds).
+    Operator {
+        operator: Option<Override>,
+        report: Box<HealthReport>,
     },
 }
 
@@ -339,8 +357,8 @@ fn lock<D: Datapath>(control: &Mutex<Control<D>>) -> MutexGuard<'_, Control<D>> 
     control.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Serves every request but `Reload` and `Detach`, which need the daemon (they are refused
-/// here with a message saying so).
+/// Serves every request but `Reload`, `Detach`, `Health` and `Operator`, which need the daemon
+/// (they are refused here with a message saying so).
 pub fn dispatch<D: Datapath>(
     control: &Mutex<Control<D>>,
     request: Request,
@@ -394,9 +412,10 @@ pub fn dispatch<D: Datapath>(
             })
         }
         Request::Status => Ok(Reply::Status(lock(control).status())),
-        Request::Reload | Request::Detach => {
-            Err("this server cannot reload or detach: it is not the guard daemon".to_string())
-        }
+        Request::Reload | Request::Detach | Request::Health | Request::Operator { .. } => Err(
+            "this server cannot reload, detach or report health: it is not the guard daemon"
+                .to_string(),
+        ),
     }
 }
 

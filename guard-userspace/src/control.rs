@@ -21,6 +21,7 @@ use crate::{
     config::{Limits, Settings},
     datapath::{Datapath, DatapathError, List},
     ebpf::Attachment,
+    health::{self, Override, OverrideMode},
     state::{self, BanRecord, ListRecord, State, StateError, Store},
 };
 
@@ -382,6 +383,11 @@ pub struct Control<D: Datapath> {
     bans: HashMap<SourceKey, MirroredBan>,
     attachments: Vec<Attachment>,
     started: Instant,
+    /// `guard drain|maint` in force, persisted; `None` after `guard ready`.
+    operator: Option<Override>,
+    /// Counts changes of `operator`, so that a caller can wait for a health report that
+    /// took a change into account.
+    operator_seq: u64,
 }
 
 impl<D: Datapath> Control<D> {
@@ -398,6 +404,8 @@ impl<D: Datapath> Control<D> {
             bans: HashMap::new(),
             attachments,
             started: Instant::now(),
+            operator: None,
+            operator_seq: 0,
         }
     }
 
@@ -460,6 +468,7 @@ impl<D: Datapath> Control<D> {
             allow: records(&self.allow),
             deny: records(&self.deny),
             bans,
+            operator: self.operator.clone(),
         }
     }
 
@@ -840,7 +849,12 @@ impl<D: Datapath> Control<D> {
                 allow,
                 deny,
                 bans,
-            }) => (Some([allow, deny]), bans),
+                operator,
+            }) => {
+                // An override whose time ran out while the daemon was down has lapsed.
+                self.operator = operator.filter(|o| o.is_active(now_unix));
+                (Some([allow, deny]), bans)
+            }
             None => (None, Vec::new()),
         };
 
@@ -938,6 +952,118 @@ impl<D: Datapath> Control<D> {
         report.bans = self.bans.len();
         self.persist()?;
         Ok(report)
+    }
+
+    /// Unix seconds now, on the control plane's wall clock.
+    pub fn now_unix(&self) -> u64 {
+        (self.wall)()
+    }
+
+    /// The operator's override in force, if any (it may have expired since the last
+    /// [`Control::expire_operator`]; the health evaluator checks).
+    pub fn operator(&self) -> Option<&Override> {
+        self.operator.as_ref()
+    }
+
+    /// How many times the override changed; see [`Control::set_operator`].
+    pub fn operator_seq(&self) -> u64 {
+        self.operator_seq
+    }
+
+    /// `guard drain|maint [--for D] [--reason R]` and `guard ready`: sets the override (ready
+    /// clears it) and saves it in the state file, so that it survives a restart. Returns the
+    /// override now in force and the new [`Control::operator_seq`].
+    ///
+    /// # Errors
+    ///
+    /// Bad reason or duration; a state file that cannot be saved undoes the change.
+    pub fn set_operator(
+        &mut self,
+        mode: OverrideMode,
+        lasts: Option<Duration>,
+        reason: Option<String>,
+    ) -> Result<(Option<Override>, u64), ControlError> {
+        Self::check_ttl_reason(lasts, reason.as_deref())?;
+        let next = match mode {
+            OverrideMode::Ready => None,
+            OverrideMode::Drain | OverrideMode::Maint => {
+                Some(Override::new(mode, reason, (self.wall)(), lasts))
+            }
+        };
+        let before = std::mem::replace(&mut self.operator, next);
+        if let Err(e) = self.persist() {
+            self.operator = before;
+            return Err(e);
+        }
+        self.operator_seq += 1;
+        Ok((self.operator.clone(), self.operator_seq))
+    }
+
+    /// Drops an override whose time has run out, from memory and the state file; true if it
+    /// did. (The evaluator ignores it already: this only keeps the file tidy.)
+    ///
+    /// # Errors
+    ///
+    /// The state file cannot be saved (the override is dropped all the same).
+    pub fn expire_operator(&mut self) -> Result<bool, ControlError> {
+        let now = (self.wall)();
+        if self.operator.as_ref().is_none_or(|o| o.is_active(now)) {
+            return Ok(false);
+        }
+        self.operator = None;
+        self.operator_seq += 1;
+        self.persist()?;
+        Ok(true)
+    }
+
+    /// The interfaces the program was attached to at start.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// Bans in the map as of the last [`Control::sweep`].
+    pub fn bans_active(&self) -> usize {
+        self.bans.len()
+    }
+
+    /// The fill of every map for health and metrics, short-named (`deny_v4`, `bans`, ...).
+    /// The lists come from the control plane's copy and the bans from the last sweep, so this
+    /// costs no map walk; the source tracker's count is the caller's (walking the LRU is the
+    /// one expensive read, so the daemon does it less often).
+    pub fn map_fill(&self, sources: usize) -> Vec<health::MapFill> {
+        let count =
+            |m: &BTreeMap<Cidr, Entry>, v4: bool| m.keys().filter(|c| c.is_ipv4() == v4).count();
+        let fill = |name: &str, entries: usize, capacity: u32| health::MapFill {
+            name: name.to_string(),
+            entries: entries as u64,
+            capacity: u64::from(capacity),
+        };
+        vec![
+            fill("allow_v4", count(&self.allow, true), capacity::ALLOW_V4),
+            fill("allow_v6", count(&self.allow, false), capacity::ALLOW_V6),
+            fill("deny_v4", count(&self.deny, true), capacity::DENY_V4),
+            fill("deny_v6", count(&self.deny, false), capacity::DENY_V6),
+            fill("sources", sources, capacity::SOURCES),
+            fill("bans", self.bans.len(), capacity::BANS),
+        ]
+    }
+
+    /// Entries in the source tracker now (a walk of the LRU map).
+    ///
+    /// # Errors
+    ///
+    /// A map error.
+    pub fn source_count(&self) -> Result<usize, ControlError> {
+        Ok(self.dp.sources()?.len())
+    }
+
+    /// Counters per stats slot, straight from the data plane.
+    ///
+    /// # Errors
+    ///
+    /// A map error.
+    pub fn counters(&self) -> Result<Vec<(u32, Counters)>, ControlError> {
+        Ok(self.dp.counters()?)
     }
 
     /// Writes the settings' limits into the data plane (at start).

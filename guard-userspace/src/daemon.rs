@@ -1,11 +1,13 @@
 //! `guard run`: load settings, attach (or adopt) the program, restore lists and bans, serve the
-//! control socket, and every second expire entries and log new bans; SIGHUP reloads.
+//! control socket and the health outputs, and every second expire entries, log new bans and
+//! evaluate the host's health; SIGHUP reloads.
 //!
 //! SIGTERM and SIGINT stop the daemon and leave the program attached (fail-static: the pins
 //! keep it and its maps alive, and a restarted daemon adopts them). `guard detach` removes it.
 use std::{
     ffi::OsStr,
     io,
+    net::SocketAddr as NetAddr,
     os::{
         linux::net::SocketAddrExt,
         unix::{
@@ -15,7 +17,7 @@ use std::{
     },
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex,
+        Arc, Condvar, Mutex, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -24,13 +26,21 @@ use std::{
 use guard_common::BanEvent;
 
 use crate::{
+    agent::{AgentError, AgentServer},
     api::{self, ApiError, Handler, Reply, Request, error_chain},
-    config::{self, ConfigError, Overrides, Settings, mode_name},
+    config::{self, ConfigError, HealthSection, Origin, Overrides, Settings, mode_name},
     control::{Control, ControlError, NewBan, ReloadReport, testing::FakeDatapath},
     datapath::Datapath,
     duration::Human,
     ebpf::{self, KernelDatapath, LoadError, StartOptions},
+    health::{
+        CheckRunner, DropRate, Evaluator, HealthReport, InterfaceInput, Inputs, MapFill,
+        ProcSource, StatusKind, SystemSample, dropped_packets,
+    },
+    http_server::{Handlers, HttpServer, HttpServerError},
+    metrics::{self, Snapshot},
     state::{self, Loaded, StateError, Store},
+    xdp_link,
 };
 
 /// The data plane's stream of new bans (the ring buffer), drained once a tick.
@@ -54,8 +64,18 @@ impl BanEvents for FakeDatapath {
 /// Detaches everything under a pin directory (`ebpf::detach`, or a test's stand-in).
 type DetachFn = fn(&Path) -> Result<Vec<String>, LoadError>;
 
-/// How often expiry runs and ban events are drained.
+/// How often expiry runs, ban events are drained and health is evaluated.
 const TICK: Duration = Duration::from_secs(1);
+
+/// How often the local checks run.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the source tracker is walked to count its entries for the map fill: the one
+/// map read that grows with an attack (up to 131,072 entries), so not every second.
+const SOURCE_COUNT_EVERY: Duration = Duration::from_secs(10);
+
+/// How long `guard drain|maint|ready` waits for a health report that shows the change.
+const OPERATOR_WAIT: Duration = Duration::from_secs(3);
 
 /// New bans logged one by one per tick; the rest are summed up in one line.
 pub const BAN_LINES_PER_TICK: usize = 10;
@@ -82,6 +102,16 @@ pub enum DaemonError {
     KernelConfig(#[source] ControlError),
     #[error("cannot serve the control socket")]
     Api(#[from] ApiError),
+    #[error(
+        "cannot serve the health HTTP endpoints (choose a free address with --health-listen or [health] listen, or \"\" to turn them off)"
+    )]
+    HealthHttp(#[from] HttpServerError),
+    #[error(
+        "cannot serve the HAProxy agent-check port (choose a free address with --agent-listen or [health] agent_listen, or \"\" to turn it off)"
+    )]
+    Agent(#[from] AgentError),
+    #[error("cannot start the health check thread")]
+    Checks(#[source] io::Error),
     #[error("cannot set up signal handling")]
     Signals(#[source] io::Error),
 }
@@ -154,6 +184,30 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let listener = api::bind(&socket)?;
     let _socket_file = SocketFile(socket.clone());
 
+    // The health listeners too, before anything is attached: an address in use stops the
+    // start here with nothing left behind. They serve `starting` until the first evaluation.
+    let health_config = settings
+        .health
+        .config()
+        .map_err(|error| ConfigError::Health {
+            origin: Origin::Config {
+                source: settings.source.clone(),
+                line: None,
+            },
+            error,
+        })?;
+    let published = Arc::new(Published::new(state::unix_now()));
+    let listeners = Listeners::bind(&settings.health, &Listeners::default(), &published)?;
+    for (what, addr) in [
+        ("health HTTP", listeners.http_addr()),
+        ("HAProxy agent-check", listeners.agent_addr()),
+    ] {
+        match addr {
+            Some(a) => log::info!("serving {what} on {a}"),
+            None => log::info!("{what} server is off"),
+        }
+    }
+
     let ebpf::Loaded {
         datapath,
         attachments,
@@ -223,7 +277,10 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
         }
     );
 
-    let daemon = Arc::new(Daemon::new(control, opts, ebpf::detach));
+    let health = Health::new(health_config, listeners).map_err(DaemonError::Checks)?;
+    let daemon = Arc::new(Daemon::new(control, opts, ebpf::detach, health, published));
+    // The first evaluation now, so that /metrics shows the data plane from the start.
+    daemon.tick();
     api::serve(listener, Arc::clone(&daemon) as Arc<dyn Handler>);
     log::info!("serving {}", socket.display());
     match sd_notify("READY=1") {
@@ -284,6 +341,165 @@ impl Drop for SocketFile {
     }
 }
 
+/// What the health outputs serve, written once a tick and read by the servers' threads (which
+/// never touch the control plane, so a slow map read never stalls a load balancer's check).
+struct Published {
+    report: RwLock<HealthReport>,
+    /// The `/metrics` body.
+    metrics: RwLock<String>,
+    /// The [`Control::operator_seq`] the latest report took into account.
+    seq: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Published {
+    fn new(now_unix: u64) -> Self {
+        let report = HealthReport::starting(now_unix);
+        let metrics = metrics::render(&Snapshot {
+            up: false,
+            interfaces: &[],
+            bans_active: 0,
+            maps: &[],
+            health: Some(&report),
+        });
+        Self {
+            report: RwLock::new(report),
+            metrics: RwLock::new(metrics),
+            seq: Mutex::new(0),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn report(&self) -> HealthReport {
+        self.report.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn publish(&self, report: HealthReport, metrics: String, seq: u64) {
+        *self.report.write().unwrap_or_else(|p| p.into_inner()) = report;
+        *self.metrics.write().unwrap_or_else(|p| p.into_inner()) = metrics;
+        *self.seq.lock().unwrap_or_else(|p| p.into_inner()) = seq;
+        self.changed.notify_all();
+    }
+
+    /// The first report that took operator change `seq` into account, waiting up to `wait`;
+    /// the latest report if none came in time.
+    fn report_after(&self, seq: u64, wait: Duration) -> HealthReport {
+        let deadline = Instant::now() + wait;
+        let mut at = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        while *at < seq {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            at = self
+                .changed
+                .wait_timeout(at, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(at);
+        self.report()
+    }
+}
+
+/// The health servers, each `None` when turned off.
+#[derive(Default)]
+struct Listeners {
+    http: Option<(NetAddr, HttpServer)>,
+    agent: Option<(NetAddr, AgentServer)>,
+}
+
+impl Listeners {
+    /// Servers for `section`'s addresses. A server whose address is unchanged from `current`
+    /// is not bound again (the caller keeps it, see [`Listeners::replace`]); a changed one
+    /// is bound here, while the old one still serves.
+    ///
+    /// # Errors
+    ///
+    /// An address that cannot be bound; whatever was bound here is dropped again.
+    fn bind(
+        section: &HealthSection,
+        current: &Listeners,
+        published: &Arc<Published>,
+    ) -> Result<Self, DaemonError> {
+        let mut out = Listeners::default();
+        if let Some(addr) = section.listen
+            && current.http_addr() != Some(addr)
+        {
+            let (r, m) = (Arc::clone(published), Arc::clone(published));
+            let handlers = Handlers {
+                report: Arc::new(move || r.report()),
+                metrics: Arc::new(move || m.metrics.read().unwrap_or_else(|p| p.into_inner()).clone()),
+            };
+            out.http = Some((addr, HttpServer::bind(addr, handlers)?));
+        }
+        if let Some(addr) = section.agent_listen
+            && current.agent_addr() != Some(addr)
+        {
+            let r = Arc::clone(published);
+            out.agent = Some((addr, AgentServer::bind(addr, Arc::new(move || r.report()))?));
+        }
+        Ok(out)
+    }
+
+    /// Takes the servers bound by [`Listeners::bind`] for `section`, keeps the unchanged ones
+    /// and drops (closes) the ones no longer wanted.
+    fn replace(&mut self, section: &HealthSection, new: Listeners) {
+        let Listeners { http, agent } = new;
+        if http.is_some() || section.listen.is_none() {
+            self.http = http;
+        }
+        if agent.is_some() || section.agent_listen.is_none() {
+            self.agent = agent;
+        }
+    }
+
+    fn http_addr(&self) -> Option<NetAddr> {
+        self.http.as_ref().map(|(a, _)| *a)
+    }
+
+    fn agent_addr(&self) -> Option<NetAddr> {
+        self.agent.as_ref().map(|(a, _)| *a)
+    }
+}
+
+/// The health evaluation's state, held between ticks.
+struct Health {
+    eval: Evaluator,
+    runner: CheckRunner,
+    drop_rate: DropRate,
+    listeners: Listeners,
+    /// Per attachment, whether it was attached at the last tick (to log changes once).
+    attached: Vec<bool>,
+    last_status: Option<StatusKind>,
+}
+
+impl Health {
+    /// Starts the local checks' runner.
+    fn new(config: crate::health::HealthConfig, listeners: Listeners) -> io::Result<Self> {
+        Ok(Self {
+            runner: CheckRunner::spawn(config.checks().to_vec(), CHECK_INTERVAL)?,
+            eval: Evaluator::new(config),
+            drop_rate: DropRate::default(),
+            listeners,
+            attached: Vec::new(),
+            last_status: None,
+        })
+    }
+}
+
+/// What one tick read from the control plane for the health evaluation.
+struct HealthInputs {
+    now_unix: u64,
+    counters: Result<Vec<(u32, guard_common::Counters)>, String>,
+    attachments: Vec<ebpf::Attachment>,
+    pin_dir: PathBuf,
+    maps: Vec<MapFill>,
+    bans_active: usize,
+    operator: Option<crate::health::Override>,
+    seq: u64,
+}
+
 /// The running daemon, shared with the control socket's threads.
 struct Daemon<D: Datapath> {
     control: Mutex<Control<D>>,
@@ -291,15 +507,31 @@ struct Daemon<D: Datapath> {
     /// Set by `guard detach`.
     stop: AtomicBool,
     detach: DetachFn,
+    health: Mutex<Health>,
+    published: Arc<Published>,
+    /// The source tracker's entry count and when it was taken (read under the control lock).
+    sources: Mutex<Option<(usize, Instant)>>,
+    /// Whether the program is attached to an interface (the kernel's answer, or a test's).
+    link_check: fn(&Path, &str) -> xdp_link::LinkState,
 }
 
 impl<D: Datapath + BanEvents> Daemon<D> {
-    fn new(control: Control<D>, opts: RunOptions, detach: DetachFn) -> Self {
+    fn new(
+        control: Control<D>,
+        opts: RunOptions,
+        detach: DetachFn,
+        health: Health,
+        published: Arc<Published>,
+    ) -> Self {
         Self {
             control: Mutex::new(control),
             opts,
             stop: AtomicBool::new(false),
             detach,
+            health: Mutex::new(health),
+            published,
+            sources: Mutex::new(None),
+            link_check: xdp_link::check,
         }
     }
 
@@ -307,8 +539,19 @@ impl<D: Datapath + BanEvents> Daemon<D> {
         self.control.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One second's housekeeping: log new bans, expire entries and bans, mirror bans to disk.
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One second's work: log new bans, expire entries, bans and overrides, mirror bans to
+    /// disk, then evaluate health and publish it with the metrics.
     fn tick(&self) {
+        let inputs = self.housekeeping();
+        self.evaluate(inputs);
+    }
+
+    /// The control plane's part of a tick, under its lock; returns what health needs.
+    fn housekeeping(&self) -> HealthInputs {
         let mut control = self.lock();
         let events = control.datapath_mut().take_events();
         if !events.is_empty() {
@@ -329,6 +572,105 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             }
             Err(e) => log::error!("expiry sweep: {}", error_chain(&e)),
         }
+        match control.expire_operator() {
+            Ok(true) => log::info!("the operator's health override expired"),
+            Ok(false) => {}
+            Err(e) => log::error!("expiring the health override: {}", error_chain(&e)),
+        }
+        let sources = {
+            let mut cached = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+            match cached.filter(|(_, at)| at.elapsed() < SOURCE_COUNT_EVERY) {
+                Some((n, _)) => n,
+                None => {
+                    let n = control.source_count().unwrap_or_else(|e| {
+                        log::warn!("counting the source tracker: {}", error_chain(&e));
+                        cached.map_or(0, |(n, _)| n)
+                    });
+                    *cached = Some((n, Instant::now()));
+                    n
+                }
+            }
+        };
+        HealthInputs {
+            now_unix: control.now_unix(),
+            counters: control.counters().map_err(|e| error_chain(&e)),
+            attachments: control.attachments().to_vec(),
+            pin_dir: control.settings().datapath.pin_dir.clone(),
+            maps: control.map_fill(sources),
+            bans_active: control.bans_active(),
+            operator: control.operator().cloned(),
+            seq: control.operator_seq(),
+        }
+    }
+
+    /// The health part of a tick, off the control plane's lock: evaluate and publish.
+    fn evaluate(&self, inputs: HealthInputs) {
+        let HealthInputs {
+            now_unix,
+            counters,
+            attachments,
+            pin_dir,
+            maps,
+            bans_active,
+            operator,
+            seq,
+        } = inputs;
+        let mut health = self.lock_health();
+        let mut sum = guard_common::Counters::default();
+        if let Ok(slots) = &counters {
+            for (_, c) in slots {
+                sum.add(c);
+            }
+        }
+        let drop_rate_pps = health
+            .drop_rate
+            .update(dropped_packets(&sum), Instant::now());
+        let mut interfaces = Vec::with_capacity(attachments.len());
+        health.attached.resize(attachments.len(), true);
+        for (i, a) in attachments.iter().enumerate() {
+            let state = (self.link_check)(&pin_dir, &a.iface);
+            if state.attached != health.attached[i] {
+                if state.attached {
+                    log::info!("{}: the XDP program is attached again ({})", a.iface, state.detail);
+                } else {
+                    log::error!("{}: THE XDP PROGRAM IS NOT ATTACHED: {}", a.iface, state.detail);
+                }
+                health.attached[i] = state.attached;
+            }
+            interfaces.push(InterfaceInput {
+                name: a.iface.clone(),
+                attached: state.attached,
+            });
+        }
+        let checks = health.runner.results();
+        let report = health.eval.evaluate(&Inputs {
+            now_unix,
+            system: SystemSample::read(&ProcSource::default()),
+            interfaces,
+            maps: maps.clone(),
+            checks,
+            operator,
+            drop_rate_pps,
+        });
+        let kind = report.status.kind();
+        if health.last_status != Some(kind) {
+            if health.last_status.is_some() || kind != StatusKind::Starting {
+                log::info!("health: {}: {}", report.status, report.reason);
+            }
+            health.last_status = Some(kind);
+        }
+        if let Err(e) = &counters {
+            log::warn!("reading the counters for metrics: {e}");
+        }
+        let slots = counters.as_deref().unwrap_or_default();
+        let text = metrics::render(&Snapshot {
+            up: counters.is_ok(),
+            interfaces: &metrics::interface_counters(slots, &attachments),
+            bans_active: bans_active as u64,
+            maps: &maps,
+            health: Some(&report),
+        });
+        self.published.publish(report, text, seq);
     }
 
     /// Re-reads the config; a bad one is rejected and the running one stays.
@@ -344,9 +686,51 @@ impl<D: Datapath + BanEvents> Daemon<D> {
                 return Err(msg);
             }
         };
+        let health_config = match settings.health.config() {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("reload rejected, the running configuration stays: {e}");
+                log::error!("{msg}");
+                return Err(msg);
+            }
+        };
+        let section = settings.health.clone();
+        // Lock order: health, then control. The tick never holds both (it takes control,
+        // lets go, then takes health).
+        let mut health = self.lock_health();
+        // A new listen address is bound while the old one still serves; if it cannot be, the
+        // reload is refused as a whole and everything stays as it was.
+        let bound = match Listeners::bind(&section, &health.listeners, &self.published) {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = format!(
+                    "reload rejected, the running configuration stays: {}",
+                    error_chain(&e)
+                );
+                log::error!("{msg}");
+                return Err(msg);
+            }
+        };
         let mut control = self.lock();
         match control.apply_settings(settings) {
             Ok(report) => {
+                drop(control);
+                let (http_before, agent_before) =
+                    (health.listeners.http_addr(), health.listeners.agent_addr());
+                health.listeners.replace(&section, bound);
+                for (what, before, now) in [
+                    ("health HTTP", http_before, health.listeners.http_addr()),
+                    ("HAProxy agent-check", agent_before, health.listeners.agent_addr()),
+                ] {
+                    if before != now {
+                        match now {
+                            Some(a) => log::info!("serving {what} on {a} now"),
+                            None => log::info!("{what} server turned off"),
+                        }
+                    }
+                }
+                health.runner.set_checks(health_config.checks().to_vec());
+                health.eval.set_config(health_config);
                 let l = report.limits;
                 log::info!(
                     "reloaded {}: {} pps (burst {}), {} SYN/s (burst {}), bans {}{}",
@@ -401,6 +785,33 @@ impl<D: Datapath + BanEvents + Send + 'static> Handler for Daemon<D> {
         match request {
             Request::Reload => self.reload().map(Reply::Reloaded),
             Request::Detach => self.detach(),
+            Request::Health => Ok(Reply::Health(Box::new(self.published.report()))),
+            Request::Operator {
+                mode,
+                for_secs,
+                reason,
+            } => {
+                let (operator, seq) = self
+                    .lock()
+                    .set_operator(mode, for_secs.map(Duration::from_secs), reason)
+                    .map_err(|e| error_chain(&e))?;
+                match &operator {
+                    Some(o) => log::warn!(
+                        "operator: {}{}{}",
+                        o.mode.name(),
+                        o.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+                        o.expires
+                            .map(|e| format!(" until {}", state::format_unix(e)))
+                            .unwrap_or_default()
+                    ),
+                    None => log::warn!("operator: ready (override cleared)"),
+                }
+                let report = self.published.report_after(seq, OPERATOR_WAIT);
+                Ok(Reply::Operator {
+                    operator,
+                    report: Box::new(report),
+                })
+            }
             other => api::dispatch(&self.control, other),
         }
     }
@@ -560,6 +971,7 @@ mod tests {
         cidr::Cidr,
         control::{BanInfo, testing::FakeClock},
         datapath::List,
+        health::{OverrideMode, Status},
     };
 
     const SEC: u64 = 1_000_000_000;
@@ -598,16 +1010,188 @@ mod tests {
                 config: Some(path),
                 overrides: Overrides {
                     state_dir: Some(self.dir.join("state")),
+                    // No listeners: unit tests must not take fixed ports.
+                    health_listen: Some(String::new()),
+                    agent_listen: Some(String::new()),
                     ..Overrides::default()
                 },
             };
             let settings = load_settings(&opts).unwrap();
+            let saved = match Store::new(self.dir.join("state")).load().unwrap() {
+                Loaded::Found(s) => Some(s),
+                _ => None,
+            };
+            let health = Health::new(settings.health.config().unwrap(), Listeners::default())
+                .unwrap();
             let mut control = Control::new(FakeDatapath::new(self.clock.clone()), settings, vec![])
                 .with_wall_clock(self.clock.wall());
             control.apply_kernel_config().unwrap();
-            control.restore(None).unwrap();
-            Daemon::new(control, opts, no_detach)
+            control.restore(saved).unwrap();
+            let published = Arc::new(Published::new(self.clock.now_unix()));
+            Daemon::new(control, opts, no_detach, health, published)
         }
+    }
+
+    /// Sends `request` while ticking on another thread, as the daemon's loop would.
+    fn handle_ticking(d: &Arc<Daemon<FakeDatapath>>, request: Request) -> Result<Reply, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ticker, stopping) = (Arc::clone(d), Arc::clone(&stop));
+        let t = std::thread::spawn(move || {
+            while !stopping.load(Ordering::SeqCst) {
+                ticker.tick();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let reply = d.handle(request);
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+        reply
+    }
+
+    fn drain(secs: Option<u64>, reason: &str) -> Request {
+        Request::Operator {
+            mode: OverrideMode::Drain,
+            for_secs: secs,
+            reason: Some(reason.into()),
+        }
+    }
+
+    #[test]
+    fn drain_answers_with_a_report_that_shows_it_and_ready_clears_it() {
+        let f = fixture("drain");
+        let d = Arc::new(f.daemon(""));
+        let Reply::Operator { operator, report } =
+            handle_ticking(&d, drain(None, "deploy")).unwrap()
+        else {
+            panic!("wrong reply")
+        };
+        assert_eq!(operator.as_ref().map(|o| o.mode), Some(OverrideMode::Drain));
+        assert_eq!(report.status, Status::Drain);
+        assert_eq!(report.reason, "operator: deploy");
+        let Reply::Health(now) = d.handle(Request::Health).unwrap() else {
+            panic!("wrong reply")
+        };
+        assert_eq!(now.status, Status::Drain);
+
+        let ready = Request::Operator {
+            mode: OverrideMode::Ready,
+            for_secs: None,
+            reason: None,
+        };
+        let Reply::Operator { operator, report } = handle_ticking(&d, ready).unwrap() else {
+            panic!("wrong reply")
+        };
+        assert_eq!(operator, None);
+        // Whatever this machine's load says now; only the override is gone.
+        assert_eq!(report.operator, None);
+        assert!(!report.reason.starts_with("operator"), "{}", report.reason);
+    }
+
+    #[test]
+    fn an_override_survives_a_restart_and_an_expiring_one_lapses_on_its_own() {
+        let f = fixture("override-restart");
+        let d = Arc::new(f.daemon(""));
+        handle_ticking(&d, drain(Some(60), "kernel update")).unwrap();
+        drop(d);
+        let Loaded::Found(saved) = Store::new(f.dir.join("state")).load().unwrap() else {
+            panic!("no state file")
+        };
+        let saved = saved.operator.expect("the override is in the state file");
+        assert_eq!(saved.expires, Some(f.clock.now_unix() + 60));
+
+        // A restarted daemon picks it up from the state file.
+        let d = Arc::new(f.daemon(""));
+        d.tick();
+        let Reply::Health(report) = d.handle(Request::Health).unwrap() else {
+            panic!("wrong reply")
+        };
+        assert_eq!(report.status, Status::Drain);
+        assert!(report.reason.starts_with("operator: kernel update (until "), "{}", report.reason);
+
+        // Its time runs out: the next tick drops it, from the report and from the file.
+        f.clock.advance(Duration::from_secs(61));
+        d.tick();
+        let Reply::Health(report) = d.handle(Request::Health).unwrap() else {
+            panic!("wrong reply")
+        };
+        assert_eq!(report.operator, None);
+        assert!(!report.reason.starts_with("operator"), "{}", report.reason);
+        assert_eq!(d.lock().operator(), None);
+        let Loaded::Found(saved) = Store::new(f.dir.join("state")).load().unwrap() else {
+            panic!("no state file")
+        };
+        assert_eq!(saved.operator, None);
+    }
+
+    #[test]
+    fn an_override_with_a_bad_duration_or_reason_is_refused() {
+        let f = fixture("override-bad");
+        let d = f.daemon("");
+        let e = d.handle(drain(Some(0), "x")).unwrap_err();
+        assert!(e.contains("TTL of 0s"), "{e}");
+        let e = d.handle(drain(None, "a\nb")).unwrap_err();
+        assert!(e.contains("reason"), "{e}");
+        assert_eq!(d.lock().operator(), None);
+    }
+
+    #[test]
+    fn reload_with_a_threshold_of_150_is_rejected_and_the_old_health_settings_stay() {
+        let f = fixture("reload-health");
+        let d = f.daemon("[health]\nwarn_at = 50\n");
+        std::fs::write(
+            f.dir.join("guard.toml"),
+            "[limits]\npps = 7\n[health]\nwarn_at = 150\n",
+        )
+        .unwrap();
+        let e = d.handle(Request::Reload).unwrap_err();
+        assert!(
+            e.contains("line 4: health.warn_at = 150: expected a percentage from 0 to 100"),
+            "{e}"
+        );
+        assert_eq!(d.lock_health().eval.config().headroom().warn_at, 50.0);
+        assert_ne!(d.lock().datapath().config.pps, 7, "nothing of it was applied");
+
+        std::fs::write(f.dir.join("guard.toml"), "[health]\nwarn_at = 60\n").unwrap();
+        d.handle(Request::Reload).unwrap();
+        assert_eq!(d.lock_health().eval.config().headroom().warn_at, 60.0);
+    }
+
+    #[test]
+    fn reload_binds_a_new_listen_address_before_closing_the_old_one() {
+        let f = fixture("reload-listen");
+        let d = f.daemon("");
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (a, b) = (free_port(), free_port());
+        let mut opts = d.opts.clone();
+        opts.overrides.health_listen = None;
+        let set = |port: u16| {
+            std::fs::write(
+                f.dir.join("guard.toml"),
+                format!("[health]\nlisten = \"127.0.0.1:{port}\"\n"),
+            )
+            .unwrap();
+        };
+        let d = Daemon { opts, ..d };
+        set(a);
+        d.handle(Request::Reload).unwrap();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", a)).is_ok());
+        // Port a is held by someone else now: a reload to it from b must fail and keep b.
+        set(b);
+        d.handle(Request::Reload).unwrap();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", b)).is_ok());
+        assert!(std::net::TcpStream::connect(("127.0.0.1", a)).is_err(), "the old one closed");
+        let squatter = std::net::TcpListener::bind(("127.0.0.1", a)).unwrap();
+        set(a);
+        let e = d.handle(Request::Reload).unwrap_err();
+        assert!(e.contains(&format!("cannot listen on 127.0.0.1:{a}")), "{e}");
+        assert!(std::net::TcpStream::connect(("127.0.0.1", b)).is_ok(), "b still serves");
+        drop(squatter);
     }
 
     #[test]

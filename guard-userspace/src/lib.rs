@@ -10,6 +10,7 @@ pub mod agent;
 pub mod health;
 pub mod http_server;
 pub mod metrics;
+pub mod xdp_link;
 pub mod control;
 pub mod api;
 pub mod daemon;

@@ -1,5 +1,5 @@
-//! The state file (`<state dir>/state.json`): allow and deny lists and bans with wall-clock
-//! times, written atomically (temp file, fsync, rename, fsync dir) so a crash loses nothing.
+//! The state file (`<state dir>/state.json`): allow and deny lists, bans and the operator's
+//! health override with wall-clock times, written atomically (temp file, fsync, rename, fsync dir) so a crash loses nothing.
 //!
 //! A corrupt file is not overwritten and does not stop the daemon: it is moved aside to
 //! `state.json.corrupt-<unix seconds>` (kept for the operator), logged loudly, and the daemon
@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::cidr::Cidr;
+use crate::{cidr::Cidr, health::Override};
 
 /// The state file's name in the state directory.
 pub const FILE_NAME: &str = "state.json";
@@ -32,6 +32,10 @@ pub struct State {
     pub allow: Vec<ListRecord>,
     pub deny: Vec<ListRecord>,
     pub bans: Vec<BanRecord>,
+    /// `guard drain|maint` in force (`guard ready` clears it). Left out when there is none,
+    /// and optional when read, so files of guards without it still load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<Override>,
 }
 
 /// One allow or deny entry.
@@ -285,6 +289,12 @@ mod tests {
                 since: 100,
                 expires: 160,
             }],
+            operator: Some(Override::new(
+                crate::health::OverrideMode::Drain,
+                Some("deploy".into()),
+                100,
+                Some(std::time::Duration::from_secs(600)),
+            )),
         }
     }
 
@@ -357,6 +367,26 @@ mod tests {
             e.to_string().contains("/proc/self/guard-no-such-dir"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_file_without_an_operator_override_loads() {
+        let dir = tempdir("no-operator");
+        fs::create_dir_all(&dir).unwrap();
+        let store = Store::new(&dir);
+        fs::write(
+            store.path(),
+            br#"{"version":1,"allow":[],"deny":[],"bans":[]}"#,
+        )
+        .unwrap();
+        let Loaded::Found(s) = store.load().unwrap() else {
+            panic!("not loaded")
+        };
+        assert_eq!(s.operator, None);
+        store.save(&s).unwrap();
+        let text = fs::read_to_string(store.path()).unwrap();
+        assert!(!text.contains("operator"), "{text}");
+        let _ = fs::remove_dir_all(dir);
     }
 
     #[test]
