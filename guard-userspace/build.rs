@@ -4,9 +4,14 @@
 //! Without it (a plain `cargo check` or `cargo clippy`), the object is looked up where the
 //! xtask leaves it; if there is none, an empty object is embedded and `guard run` says how to
 //! build a real one.
-use std::{env, fs, path::PathBuf};
+//!
+//! It also records the git commit for `guard --version` in `GUARD_GIT_COMMIT`: taken from the
+//! environment when set (a packaging build without `.git`), else `git rev-parse --short HEAD`
+//! when git and a repository are there, else left unset (the binary says "unknown").
+use std::{env, fs, path::PathBuf, process::Command};
 
 fn main() {
+    git_commit();
     println!("cargo:rerun-if-env-changed=GUARD_EBPF_OBJECT");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("guard.bpf.o");
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
@@ -41,5 +46,34 @@ fn main() {
             );
             fs::write(&out, b"").expect("write an empty eBPF object");
         }
+    }
+}
+
+/// Passes the commit to the compiler as `GUARD_GIT_COMMIT`, rerunning when HEAD moves.
+fn git_commit() {
+    println!("cargo:rerun-if-env-changed=GUARD_GIT_COMMIT");
+    if let Ok(commit) = env::var("GUARD_GIT_COMMIT") {
+        println!("cargo:rustc-env=GUARD_GIT_COMMIT={commit}");
+        return;
+    }
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git").args(args).output().ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_string())
+    };
+    let Some(commit) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return;
+    };
+    println!("cargo:rustc-env=GUARD_GIT_COMMIT={commit}");
+    // HEAD names the branch; the branch's ref (loose or packed) names the commit.
+    for path in ["HEAD", "packed-refs"] {
+        if let Some(p) = git(&["rev-parse", "--git-path", path]) {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
+        && let Some(p) = git(&["rev-parse", "--git-path", &branch])
+    {
+        println!("cargo:rerun-if-changed={p}");
     }
 }

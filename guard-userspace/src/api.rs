@@ -184,6 +184,20 @@ pub enum ApiError {
 /// [`ApiError::Refused`] with the daemon's message if it refused the request, and I/O or
 /// protocol errors.
 pub fn call(socket: &Path, request: &Request) -> Result<Reply, ApiError> {
+    call_timeout(socket, request, IO_TIMEOUT)
+}
+
+/// [`call`], giving up after `timeout` for each read and write (health checks run under
+/// their caller's own timeout, and a hung daemon must not hang them).
+///
+/// # Errors
+///
+/// As [`call`].
+pub fn call_timeout(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Reply, ApiError> {
     let path = socket.to_path_buf();
     let mut stream = UnixStream::connect(socket).map_err(|error| ApiError::Connect {
         path: path.clone(),
@@ -193,8 +207,8 @@ pub fn call(socket: &Path, request: &Request) -> Result<Reply, ApiError> {
         path: path.clone(),
         source,
     };
-    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
-    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io_err)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
     let mut line = serde_json::to_vec(request).expect("requests always serialize");
     line.push(b'\n');
     stream.write_all(&line).map_err(io_err)?;

@@ -1,13 +1,15 @@
 //! The `guard` command line: `guard run` (the daemon) and the client subcommands that talk to
 //! it over the control socket, one module per subcommand group. Errors end as one line.
 mod bans;
+mod health;
 mod lists;
 mod run;
 mod stats;
+mod version;
 
 use std::{fmt, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{FromArgMatches, Parser, Subcommand};
 
 use crate::api::{self, Reply, Request};
 
@@ -49,6 +51,16 @@ enum Command {
     Reload(ClientArgs),
     /// Remove the program from every interface and delete its pins, for good.
     Detach(run::DetachArgs),
+    /// The host's health state for load balancers, with every input and its observed value.
+    Health(health::HealthArgs),
+    /// Ask the load balancers to drain this host: no new connections, current ones finish.
+    Drain(health::OverrideArgs),
+    /// Put this host in maintenance: out of service, whatever its health.
+    Maint(health::OverrideArgs),
+    /// Cancel `guard drain` or `guard maint`: the computed health state applies again.
+    Ready(ClientArgs),
+    /// Print a shell completion script (bash, zsh or fish) on stdout.
+    Completions(version::CompletionsArgs),
 }
 
 /// What every client subcommand takes.
@@ -72,10 +84,20 @@ impl ClientArgs {
 /// Parses the command line, runs the subcommand, and turns any error into one line on stderr
 /// (`guard: <error: cause: cause>`) and a non-zero exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match version::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
+    // `guard health` has exit codes of its own (those of `guard health check`).
+    if let Command::Health(args) = &cli.command {
+        return health::run(args).unwrap_or_else(|e| {
+            eprintln!("guard: {e:#}");
+            ExitCode::FAILURE
+        });
+    }
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -127,6 +149,11 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Status(client) => stats::status(&client),
         Command::Reload(client) => stats::reload(&client),
         Command::Detach(args) => run::detach(&args),
+        Command::Health(args) => health::run(&args).map(|_| ()),
+        Command::Drain(args) => health::set(crate::health::OverrideMode::Drain, &args),
+        Command::Maint(args) => health::set(crate::health::OverrideMode::Maint, &args),
+        Command::Ready(client) => health::ready(&client),
+        Command::Completions(args) => version::completions(&args),
     }
 }
 
@@ -243,6 +270,18 @@ mod tests {
             "guard status",
             "guard reload",
             "guard detach --pin-dir /sys/fs/bpf/guard",
+            "guard run --health-listen 198.18.0.1:9301 --agent-listen [fd00::1]:9302",
+            "guard health",
+            "guard health --json --socket /tmp/s",
+            "guard health check --format keepalived",
+            "guard health check --format nagios --socket /tmp/s",
+            "guard drain",
+            "guard drain --for 10m --reason deploy",
+            "guard maint --reason disk",
+            "guard ready --json",
+            "guard completions bash",
+            "guard completions zsh",
+            "guard completions fish",
         ];
         for line in ok {
             let args: Vec<&str> = line.split(' ').collect();
@@ -252,6 +291,8 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["guard", "run", "--mode", "turbo"]).is_err());
         assert!(Cli::try_parse_from(["guard", "deny", "add"]).is_err());
+        assert!(Cli::try_parse_from(["guard", "health", "check", "--format", "zabbix"]).is_err());
+        assert!(Cli::try_parse_from(["guard", "completions", "tcsh"]).is_err());
     }
 
     /// Runs `line` as the `guard` command would, against `socket`.
@@ -337,5 +378,6 @@ mod tests {
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+        version::command().debug_assert();
     }
 }
