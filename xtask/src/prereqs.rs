@@ -23,8 +23,17 @@ const BPF_LINKER_DEBS: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-/// Debian packages the tests need at run time (`ip`, `bpftool`, ...): extend here.
-pub const TEST_DEBS: &[&str] = &["iproute2", "bpftool", "iputils-ping", "util-linux"];
+/// Debian packages the tests need at run time (`ip`, `bpftool`, ...): extend here. HAProxy
+/// (2.6 on Debian 12) is the real load balancer of the health tests; `prometheus` brings
+/// `promtool`, which checks the live daemon's /metrics.
+pub const TEST_DEBS: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "iputils-ping",
+    "util-linux",
+    "haproxy",
+    "prometheus",
+];
 
 /// Everything `cargo +nightly build -p guard-ebpf` needs: rust-src, bpf-linker, matching LLVMs.
 pub fn ensure_ebpf_build() -> Result<()> {
