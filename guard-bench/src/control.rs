@@ -1,0 +1,362 @@
+//! Section 3: control plane and footprint, through the real `guard` daemon and CLI: deny-list
+//! imports, `deny add` round trips, and the daemon's memory and CPU idle and under flood.
+//! Measured only if the binary has the subcommands; otherwise the report says what is missing.
+
+use std::{
+    fs::{self, File},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    netns::{Testbed, join, sh_out, spawn_in},
+    report::{Section, Table, verdict},
+    sender::{self, Frames, MAX_SPOOFED},
+};
+
+const MARK: &str = "TODO(bench section 3)";
+
+pub fn run(guard: Option<&Path>) -> Section {
+    let mut section = Section::new(
+        "3. Control plane and footprint",
+        "The real daemon (`guard run`, attached to a veth in a namespace made for the run, its \
+         pins and state private to the run) driven through the real CLI. The imported CIDRs \
+         are /32s of 240.0.0.0/4 (reserved, never routed: 198.18.0.0/15 holds too few \
+         prefixes for a million); they are only loaded, no packet goes to or from them.",
+    );
+    let result = match guard {
+        None => Err(anyhow::anyhow!(
+            "{MARK}: no guard binary given (GUARD_BIN or --guard-bin; `cargo xtask bench` passes it)"
+        )),
+        Some(g) => missing_cli(g).and_then(|()| measure(g, &mut section)),
+    };
+    if let Err(e) = result {
+        section.failure = Some(format!("{e:#}"));
+    }
+    section
+}
+
+/// Fails, naming what is missing, unless `guard` has `run`, `deny add` and `deny import`.
+fn missing_cli(guard: &Path) -> Result<()> {
+    for (args, want) in [
+        (&["--help"][..], &["run", "deny"][..]),
+        (&["deny", "--help"][..], &["add", "import"][..]),
+    ] {
+        let out = Command::new(guard)
+            .args(args)
+            .output()
+            .with_context(|| format!("{MARK}: cannot run {}", guard.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let has = |w: &str| text.lines().any(|l| l.trim_start().starts_with(w));
+        if !out.status.success() || want.iter().any(|w| !has(w)) {
+            bail!(
+                "{MARK}: `guard {}` does not offer {:?} yet (the daemon and CLI were unfinished \
+                 when this ran); no figure is given rather than a made-up one. Run `cargo \
+                 xtask bench -- --only control` once they land.",
+                args.join(" "),
+                want
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The daemon in a namespace, killed and its pins and files removed on drop.
+struct Daemon {
+    child: Child,
+    guard: PathBuf,
+    socket: PathBuf,
+    pin_dir: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Daemon {
+    fn start(guard: &Path, ns: &str, iface: &str, tag: &str) -> Result<Self> {
+        let tmp = std::env::temp_dir().join(format!("guard-bench-{tag}"));
+        fs::create_dir_all(&tmp)?;
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/guard-bench-{tag}"));
+        let socket = tmp.join("guard.sock");
+        let log = File::create(tmp.join("guard.log"))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg(guard)
+            .args(["run", "--iface", iface])
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .arg("--state-dir")
+            .arg(tmp.join("state"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn guard run")?;
+        let mut d = Self {
+            child,
+            guard: guard.to_owned(),
+            socket,
+            pin_dir,
+            tmp,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !d.cli(&["status"])?.status.success() {
+            if let Some(st) = d.child.try_wait()? {
+                bail!("guard run exited ({st}): {}", d.log());
+            }
+            if Instant::now() > deadline {
+                bail!("guard run was not ready after 20 s: {}", d.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(d)
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.tmp.join("guard.log")).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<Output> {
+        Command::new(&self.guard)
+            .args(args)
+            .env("GUARD_SOCKET", &self.socket)
+            .output()
+            .context("run the guard CLI")
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> Result<()> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            bail!(
+                "`guard {}` failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill with our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Unpinning the links detaches the program.
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        let _ = fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// Resident memory of `pid` in KiB (VmRSS).
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}
+
+/// User + system CPU ticks of `pid` (fields 14 and 15 of /proc/<pid>/stat).
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("malformed stat")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Ok(f.get(11).context("no utime")?.parse::<u64>()?
+        + f.get(12).context("no stime")?.parse::<u64>()?)
+}
+
+/// CPU use of `pid` over `d`, in % of one core.
+fn cpu_pct(pid: u32, d: Duration) -> Result<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let a = cpu_ticks(pid)?;
+    std::thread::sleep(d);
+    let b = cpu_ticks(pid)?;
+    Ok(100.0 * (b - a) as f64 / hz / d.as_secs_f64())
+}
+
+fn memlock(pin: &Path) -> Result<u64> {
+    let text = sh_out(&[
+        "bpftool",
+        "-j",
+        "map",
+        "show",
+        "pinned",
+        &pin.to_string_lossy(),
+    ])?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    json["bytes_memlock"]
+        .as_u64()
+        .context("no bytes_memlock in bpftool's answer")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn measure(guard: &Path, section: &mut Section) -> Result<()> {
+    let mut bed = Testbed::new();
+    let srv = bed.netns("csrv")?;
+    let att = bed.netns("catt")?;
+    let (srv_if, att_if) = bed.link(&srv, Some("198.18.3.1/24"), &att, Some("198.18.3.2/24"))?;
+    let daemon = Daemon::start(guard, &srv, &srv_if, &bed.tag)?;
+    let pid = daemon.pid();
+    let mut t = Table::new(
+        "Daemon footprint and control-plane latency",
+        &["measure", "value", "target", "result"],
+    );
+
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_rss = rss_kib(pid)?;
+    let idle_cpu = cpu_pct(pid, Duration::from_secs(5))?;
+    t.row(vec![
+        "daemon RSS, idle".into(),
+        format!("{:.1} MiB", idle_rss as f64 / 1024.0),
+        "< 32 MiB".into(),
+        verdict(Some(idle_rss < 32 * 1024)),
+    ]);
+    t.row(vec![
+        "daemon CPU, idle".into(),
+        format!("{idle_cpu:.2}% of a core"),
+        "< 1%".into(),
+        verdict(Some(idle_cpu < 1.0)),
+    ]);
+
+    // Under a spoofed flood towards the daemon's interface, with the lists still empty so
+    // that the only difference from idle is the flood.
+    let frames = Arc::new(Frames::udp(
+        mac(&att, &att_if)?,
+        mac(&srv, &srv_if)?,
+        Ipv4Addr::new(198, 18, 3, 1),
+        sender::spoofed_sources(MAX_SPOOFED),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (s, n) = (stop.clone(), sent.clone());
+    let flood = spawn_in(&att, move || {
+        sender::flood(
+            &att_if,
+            &frames,
+            &s,
+            &n,
+            20_000_000,
+            Duration::from_secs(10),
+        )
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let sent0 = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let flood_cpu = cpu_pct(pid, Duration::from_secs(5));
+    let attack_pps = (sent.load(std::sync::atomic::Ordering::Relaxed) - sent0) as f64 / 5.0;
+    let flood_rss = rss_kib(pid);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    join(flood)?;
+    let flood_rss = flood_rss?;
+    t.row(vec![
+        "daemon RSS, under spoofed flood".into(),
+        format!("{:.1} MiB", flood_rss as f64 / 1024.0),
+        "< 32 MiB".into(),
+        verdict(Some(flood_rss < 32 * 1024)),
+    ]);
+    t.row(vec![
+        "daemon CPU, under spoofed flood".into(),
+        format!(
+            "{:.2}% of a core ({attack_pps:.0} packets/s from {MAX_SPOOFED} sources)",
+            flood_cpu?
+        ),
+        "-".into(),
+        "-".into(),
+    ]);
+    // deny add round trips, each a fresh CLI process, as an operator's script would run it.
+    let mut rtt = Vec::with_capacity(1000);
+    for i in 0..1000u32 {
+        let cidr = format!("{}/32", Ipv4Addr::from(0xc613_0000 | i));
+        let t0 = Instant::now();
+        daemon.cli_ok(&["deny", "add", &cidr])?;
+        rtt.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    rtt.sort_by(f64::total_cmp);
+    t.row(vec![
+        "`guard deny add` round trip, median / p99 (1,000 calls)".into(),
+        format!(
+            "{:.2} / {:.2} ms",
+            percentile(&rtt, 0.5),
+            percentile(&rtt, 0.99)
+        ),
+        "p99 < 20 ms".into(),
+        verdict(Some(percentile(&rtt, 0.99) < 20.0)),
+    ]);
+
+    let deny_pin = daemon.pin_dir.join("v1/maps/GUARD_DENY_V4");
+    for (n, base) in [(100_000u32, 0xf000_0000u32), (1_000_000, 0xf100_0000)] {
+        let file = daemon.tmp.join(format!("deny-{n}.txt"));
+        let text: String = (0..n)
+            .map(|i| format!("{}/32\n", Ipv4Addr::from(base + i)))
+            .collect();
+        fs::write(&file, text)?;
+        let t0 = Instant::now();
+        daemon.cli_ok(&["deny", "import", &file.to_string_lossy()])?;
+        let secs = t0.elapsed().as_secs_f64();
+        let mem = memlock(&deny_pin).map_or_else(
+            |e| format!("memlock unknown: {e}"),
+            |b| format!("{:.1} MiB map memlock", b as f64 / (1024.0 * 1024.0)),
+        );
+        t.row(vec![
+            format!("`guard deny import` of {n} CIDRs"),
+            format!("{secs:.2} s; {mem}"),
+            if n == 1_000_000 {
+                "< 5 s".into()
+            } else {
+                "-".into()
+            },
+            if n == 1_000_000 {
+                verdict(Some(secs < 5.0))
+            } else {
+                "-".into()
+            },
+        ]);
+    }
+    let loaded_rss = rss_kib(pid)?;
+    t.row(vec![
+        "daemon RSS, with the 1,101,000 entries above".into(),
+        format!("{:.1} MiB", loaded_rss as f64 / 1024.0),
+        "-".into(),
+        "-".into(),
+    ]);
+
+    t.note(format!(
+        "{MARK}: `/readyz` and agent-check latency p99 under flood are not measured yet: the \
+         bench does not know the daemon's HTTP and agent listeners' configuration."
+    ));
+    println!("{}", t.markdown());
+    section.tables.push(t);
+    drop(daemon);
+    Ok(())
+}
+
+fn mac(ns: &str, iface: &str) -> Result<[u8; 6]> {
+    crate::flood::mac_of(ns, iface)
+}
