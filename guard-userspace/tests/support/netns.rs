@@ -128,6 +128,47 @@ impl Testbed {
         self.tmp.join("guard.sock")
     }
 
+    /// Runs `guard run` in `ns` with this testbed's socket, pins and state, expecting it to
+    /// stop on its own (a failure to start) within `timeout`; returns its exit status and log.
+    /// Killed (and the test failed) if it is still running then.
+    pub fn run_guard_to_exit(
+        &mut self,
+        ns: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> (std::process::ExitStatus, String) {
+        let n = self.daemons.len();
+        let path = self.tmp.join(format!("guard-{n}.log"));
+        let log = File::create(&path).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg(env!("CARGO_BIN_EXE_guard"))
+            .arg("run")
+            .args(["--socket", self.socket().to_str().unwrap()])
+            .args(["--pin-dir", self.pin_dir.to_str().unwrap()])
+            .args(["--state-dir", self.tmp.join("state").to_str().unwrap()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn guard run");
+        // Held with the others, so that the drop kills it whatever happens below.
+        self.daemons.push(child);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.daemons[n].try_wait() {
+                return (status, std::fs::read_to_string(&path).unwrap_or_default());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "guard run {args:?} was expected to stop but still runs after {timeout:?}: {}",
+                std::fs::read_to_string(&path).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until `guard status` answers, failing if the newest daemon exits first.
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
