@@ -34,7 +34,7 @@ use crate::{
     duration::Human,
     ebpf::{self, KernelDatapath, LoadError, StartOptions},
     health::{
-        CheckRunner, DropRate, Evaluator, HealthReport, InterfaceInput, Inputs, MapFill,
+        CheckRunner, DropRate, Evaluator, HealthReport, Inputs, InterfaceInput, MapFill,
         ProcSource, StatusKind, SystemSample, dropped_packets,
     },
     http_server::{Handlers, HttpServer, HttpServerError},
@@ -371,7 +371,10 @@ impl Published {
     }
 
     fn report(&self) -> HealthReport {
-        self.report.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.report
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn publish(&self, report: HealthReport, metrics: String, seq: u64) {
@@ -429,7 +432,9 @@ impl Listeners {
             let (r, m) = (Arc::clone(published), Arc::clone(published));
             let handlers = Handlers {
                 report: Arc::new(move || r.report()),
-                metrics: Arc::new(move || m.metrics.read().unwrap_or_else(|p| p.into_inner()).clone()),
+                metrics: Arc::new(move || {
+                    m.metrics.read().unwrap_or_else(|p| p.into_inner()).clone()
+                }),
             };
             out.http = Some((addr, HttpServer::bind(addr, handlers)?));
         }
@@ -631,9 +636,17 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             let state = (self.link_check)(&pin_dir, &a.iface);
             if state.attached != health.attached[i] {
                 if state.attached {
-                    log::info!("{}: the XDP program is attached again ({})", a.iface, state.detail);
+                    log::info!(
+                        "{}: the XDP program is attached again ({})",
+                        a.iface,
+                        state.detail
+                    );
                 } else {
-                    log::error!("{}: THE XDP PROGRAM IS NOT ATTACHED: {}", a.iface, state.detail);
+                    log::error!(
+                        "{}: THE XDP PROGRAM IS NOT ATTACHED: {}",
+                        a.iface,
+                        state.detail
+                    );
                 }
                 health.attached[i] = state.attached;
             }
@@ -720,7 +733,11 @@ impl<D: Datapath + BanEvents> Daemon<D> {
                 health.listeners.replace(&section, bound);
                 for (what, before, now) in [
                     ("health HTTP", http_before, health.listeners.http_addr()),
-                    ("HAProxy agent-check", agent_before, health.listeners.agent_addr()),
+                    (
+                        "HAProxy agent-check",
+                        agent_before,
+                        health.listeners.agent_addr(),
+                    ),
                 ] {
                     if before != now {
                         match now {
@@ -799,7 +816,10 @@ impl<D: Datapath + BanEvents + Send + 'static> Handler for Daemon<D> {
                     Some(o) => log::warn!(
                         "operator: {}{}{}",
                         o.mode.name(),
-                        o.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+                        o.reason
+                            .as_ref()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default(),
                         o.expires
                             .map(|e| format!(" until {}", state::format_unix(e)))
                             .unwrap_or_default()
@@ -1021,8 +1041,8 @@ mod tests {
                 Loaded::Found(s) => Some(s),
                 _ => None,
             };
-            let health = Health::new(settings.health.config().unwrap(), Listeners::default())
-                .unwrap();
+            let health =
+                Health::new(settings.health.config().unwrap(), Listeners::default()).unwrap();
             let mut control = Control::new(FakeDatapath::new(self.clock.clone()), settings, vec![])
                 .with_wall_clock(self.clock.wall());
             control.apply_kernel_config().unwrap();
@@ -1106,7 +1126,11 @@ mod tests {
             panic!("wrong reply")
         };
         assert_eq!(report.status, Status::Drain);
-        assert!(report.reason.starts_with("operator: kernel update (until "), "{}", report.reason);
+        assert!(
+            report.reason.starts_with("operator: kernel update (until "),
+            "{}",
+            report.reason
+        );
 
         // Its time runs out: the next tick drops it, from the report and from the file.
         f.clock.advance(Duration::from_secs(61));
@@ -1149,7 +1173,11 @@ mod tests {
             "{e}"
         );
         assert_eq!(d.lock_health().eval.config().headroom().warn_at, 50.0);
-        assert_ne!(d.lock().datapath().config.pps, 7, "nothing of it was applied");
+        assert_ne!(
+            d.lock().datapath().config.pps,
+            7,
+            "nothing of it was applied"
+        );
 
         std::fs::write(f.dir.join("guard.toml"), "[health]\nwarn_at = 60\n").unwrap();
         d.handle(Request::Reload).unwrap();
@@ -1185,12 +1213,21 @@ mod tests {
         set(b);
         d.handle(Request::Reload).unwrap();
         assert!(std::net::TcpStream::connect(("127.0.0.1", b)).is_ok());
-        assert!(std::net::TcpStream::connect(("127.0.0.1", a)).is_err(), "the old one closed");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", a)).is_err(),
+            "the old one closed"
+        );
         let squatter = std::net::TcpListener::bind(("127.0.0.1", a)).unwrap();
         set(a);
         let e = d.handle(Request::Reload).unwrap_err();
-        assert!(e.contains(&format!("cannot listen on 127.0.0.1:{a}")), "{e}");
-        assert!(std::net::TcpStream::connect(("127.0.0.1", b)).is_ok(), "b still serves");
+        assert!(
+            e.contains(&format!("cannot listen on 127.0.0.1:{a}")),
+            "{e}"
+        );
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", b)).is_ok(),
+            "b still serves"
+        );
         drop(squatter);
     }
 

@@ -45,11 +45,14 @@ impl LinkState {
 /// The pin of `iface`'s link under `pin_dir` (`<pin_dir>/v<N>/links/<iface>@<mode>`).
 pub fn link_pin(pin_dir: &Path, iface: &str) -> Option<PathBuf> {
     let links = versioned_dir(pin_dir).join("links");
-    fs::read_dir(links).ok()?.filter_map(Result::ok).find_map(|e| {
-        let name = e.file_name();
-        let (i, _mode) = name.to_str()?.rsplit_once('@')?;
-        (i == iface).then(|| e.path())
-    })
+    fs::read_dir(links)
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|e| {
+            let name = e.file_name();
+            let (i, _mode) = name.to_str()?.rsplit_once('@')?;
+            (i == iface).then(|| e.path())
+        })
 }
 
 /// Is the program attached to `iface` (in this network namespace) through its pinned link?

@@ -222,7 +222,12 @@ fn send(client: &ClientArgs, request: Request) -> anyhow::Result<()> {
         Some(o) => {
             let until = o.expires.map_or_else(
                 || "until `guard ready`".to_string(),
-                |e| format!("for {}", Human(Duration::from_secs(e.saturating_sub(o.since)))),
+                |e| {
+                    format!(
+                        "for {}",
+                        Human(Duration::from_secs(e.saturating_sub(o.since)))
+                    )
+                },
             );
             println!("{} {until}", o.mode.name());
         }
@@ -271,9 +276,14 @@ mod tests {
             },
         ];
         let text = render(&r, 1_700_000_060);
-        assert!(text.starts_with("state     drain\nreason    operator: deploy\n"), "{text}");
         assert!(
-            text.contains("override  drain since 2023-11-14T22:13:20Z, until 2023-11-14T22:23:20Z (in 9m)"),
+            text.starts_with("state     drain\nreason    operator: deploy\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "override  drain since 2023-11-14T22:13:20Z, until 2023-11-14T22:23:20Z (in 9m)"
+            ),
             "{text}"
         );
         assert!(text.contains("cpu utilization        12.5%"), "{text}");

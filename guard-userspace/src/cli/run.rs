@@ -110,7 +110,13 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
             let h = &health.settings;
             println!(
                 "  headroom     warn at {}%, drain at {}% (PSI warn at {}%, drain at {}%), weight floor {}%, rise {}, fall {}",
-                h.warn_at, h.drain_at, h.psi_warn_at, h.psi_drain_at, h.weight_floor, h.rise, h.fall
+                h.warn_at,
+                h.drain_at,
+                h.psi_warn_at,
+                h.psi_drain_at,
+                h.weight_floor,
+                h.rise,
+                h.fall
             );
             if h.checks.is_empty() {
                 println!("  checks       none");

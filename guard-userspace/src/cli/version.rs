@@ -110,7 +110,10 @@ mod tests {
         let v = long_version();
         assert!(v.starts_with(env!("CARGO_PKG_VERSION")), "{v}");
         assert!(v.contains(&format!("aya:         {AYA_VERSION}")), "{v}");
-        assert!(v.contains(&format!("map layout:  v{}", guard_common::LAYOUT_VERSION)), "{v}");
+        assert!(
+            v.contains(&format!("map layout:  v{}", guard_common::LAYOUT_VERSION)),
+            "{v}"
+        );
         let kernel = kernel_release().expect("uname");
         assert!(!kernel.is_empty());
         assert!(v.ends_with(&format!("kernel:      {kernel}")), "{v}");
