@@ -99,9 +99,20 @@ pub const FLAG_HAS_ALLOW_V4: u32 = 1 << 2;
 pub const FLAG_HAS_ALLOW_V6: u32 = 1 << 3;
 pub const FLAG_HAS_DENY_V4: u32 = 1 << 4;
 pub const FLAG_HAS_DENY_V6: u32 = 1 << 5;
+/// `Config::flags`: every IPv4 list entry is at most as long as the IPv4 tracking prefix, so
+/// all addresses of one tracked source share one list verdict, which the tracker entry may
+/// cache (tagged with `Config::lists_gen`).
+pub const FLAG_CACHE_V4: u32 = 1 << 6;
+/// `Config::flags`: likewise for IPv6.
+pub const FLAG_CACHE_V6: u32 = 1 << 7;
 /// The bits userspace derives from the lists themselves, not from the operator's config.
-pub const LIST_HINT_BITS: u32 =
-    FLAG_LIST_HINTS | FLAG_HAS_ALLOW_V4 | FLAG_HAS_ALLOW_V6 | FLAG_HAS_DENY_V4 | FLAG_HAS_DENY_V6;
+pub const LIST_HINT_BITS: u32 = FLAG_LIST_HINTS
+    | FLAG_HAS_ALLOW_V4
+    | FLAG_HAS_ALLOW_V6
+    | FLAG_HAS_DENY_V4
+    | FLAG_HAS_DENY_V6
+    | FLAG_CACHE_V4
+    | FLAG_CACHE_V6;
 
 /// Should the program look `bit`'s list up under `flags`? Yes unless hints are maintained and
 /// say the list is empty.
@@ -136,8 +147,11 @@ pub struct Config {
     pub pkt_fill_ns: u64,
     /// `fill_ns(syn_pps, syn_burst)`, likewise.
     pub syn_fill_ns: u64,
+    /// Bumped by userspace on every change to the allow or deny lists: a list verdict cached
+    /// in a tracker entry under another generation is stale. Never 0 once written.
+    pub lists_gen: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 72);
+const _: () = assert!(core::mem::size_of::<Config>() == 80);
 
 /// Value of the allow and deny tries.
 #[repr(C)]
@@ -183,8 +197,15 @@ pub struct SourceState {
     /// costs one lookup per packet. Filled from `BANS` when the source is first tracked;
     /// userspace drops the tracker entry when it changes a ban, so the copy never goes stale.
     pub banned_until_ns: u64,
+    /// The list verdict cached for this source (`reason::ALLOWED`, `reason::DENIED` or
+    /// `reason::PASSED` for neither), valid while `list_gen == Config::lists_gen` and until
+    /// `list_expires_ns` (0 = no expiry).
+    pub list_gen: u64,
+    pub list_expires_ns: u64,
+    pub list_verdict: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SourceState>() == 72);
+const _: () = assert!(core::mem::size_of::<SourceState>() == 96);
 
 /// A ban, in its own hash map so that churn in the LRU tracker cannot evict it.
 #[repr(C)]

@@ -25,38 +25,37 @@ fn ban_expiry(key: &SourceKey, now: u64) -> u64 {
     }
 }
 
-/// Judges one packet of a source that is in neither list: ban, then packet bucket, then SYN
-/// bucket. Returns `PASSED`, `BANNED`, `RATE_LIMITED` or `SYN_LIMITED`; a source that goes
-/// over a limit is banned here.
+/// The tracker entry of `key`, made (with a full bucket and any ban `BANS` holds for it) if
+/// this is the source's first packet, or its first since the LRU evicted it. `None` only if
+/// the tracker cannot hold it even after an insert; `banned` then says whether `BANS` does.
 #[inline(always)]
-pub fn judge(key: &SourceKey, cfg: &Config, now: u64, len: u64, syn: bool, ifindex: u32) -> usize {
-    let state = match SOURCES.get_ptr_mut(key) {
-        Some(s) => s,
-        None => {
-            // First packet of this source (or first since the LRU evicted it): a full
-            // bucket, and any ban `BANS` holds for it.
-            let fresh = SourceState {
-                pkt: full_bucket(now, cfg.burst),
-                syn: full_bucket(now, cfg.syn_burst),
-                banned_until_ns: ban_expiry(key, now),
-                ..SourceState::default()
-            };
-            // NOEXIST: another CPU may have inserted it meanwhile; then use theirs.
-            let _ = SOURCES.insert(key, fresh, BPF_NOEXIST as u64);
-            match SOURCES.get_ptr_mut(key) {
-                Some(s) => s,
-                // Cannot track it, not even after an insert: bans still hold; otherwise it
-                // passes unlimited (fail open).
-                None if fresh.banned_until_ns != 0 => return reason::BANNED,
-                None => return reason::PASSED,
-            }
-        }
+pub fn track(key: &SourceKey, cfg: &Config, now: u64) -> Result<*mut SourceState, bool> {
+    if let Some(s) = SOURCES.get_ptr_mut(key) {
+        return Ok(s);
+    }
+    let fresh = SourceState {
+        pkt: full_bucket(now, cfg.burst),
+        syn: full_bucket(now, cfg.syn_burst),
+        banned_until_ns: ban_expiry(key, now),
+        ..SourceState::default()
     };
-    // SAFETY: a pointer from a map lookup is valid for this program run. Other CPUs may
-    // update the same entry: the race loses increments, never memory safety.
-    let state = unsafe { &mut *state };
-    state.packets += 1;
-    state.bytes += len;
+    // NOEXIST: another CPU may have inserted it meanwhile; then use theirs.
+    let _ = SOURCES.insert(key, fresh, BPF_NOEXIST as u64);
+    SOURCES.get_ptr_mut(key).ok_or(fresh.banned_until_ns != 0)
+}
+
+/// Judges one packet of a tracked source that is in neither list: ban, then packet bucket,
+/// then SYN bucket. Returns `PASSED`, `BANNED`, `RATE_LIMITED` or `SYN_LIMITED`; a source
+/// that goes over a limit is banned here.
+#[inline(always)]
+pub fn judge(
+    state: &mut SourceState,
+    key: &SourceKey,
+    cfg: &Config,
+    now: u64,
+    syn: bool,
+    ifindex: u32,
+) -> usize {
     if state.banned_until_ns > now {
         state.dropped += 1;
         return reason::BANNED;

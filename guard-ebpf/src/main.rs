@@ -6,6 +6,8 @@
 #[cfg(target_arch = "bpf")]
 mod limit;
 #[cfg(target_arch = "bpf")]
+mod lists;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
@@ -13,18 +15,16 @@ mod parse;
 #[cfg(target_arch = "bpf")]
 mod program {
     use aya_ebpf::{
-        bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, maps::lpm_trie::Key,
-        programs::XdpContext,
+        bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
     };
     use guard_common::{
-        Config, FLAG_DRY_RUN, FLAG_HAS_ALLOW_V4, FLAG_HAS_ALLOW_V6, FLAG_HAS_DENY_V4,
-        FLAG_HAS_DENY_V6, ListEntry, capacity, list_may_match, reason, source_key_v4,
+        Config, FLAG_CACHE_V4, FLAG_CACHE_V6, FLAG_DRY_RUN, capacity, reason, source_key_v4,
         source_key_v6,
     };
 
     use crate::{
-        limit,
-        maps::{ALLOW_V4, ALLOW_V6, CONFIG, DENY_V4, DENY_V6, STATS},
+        limit, lists,
+        maps::{CONFIG, STATS},
         parse::{self, Parsed, Source},
     };
 
@@ -82,30 +82,62 @@ mod program {
         // in seconds. Userspace compares against the same clock.
         // SAFETY: bpf_ktime_get_coarse_ns (Linux 5.11) has no preconditions.
         let now = unsafe { bpf_ktime_get_coarse_ns() };
-        let f = cfg.flags;
-        let key = match pkt.src {
-            Source::V4(a) => {
-                let k = Key::new(32, a);
-                if list_may_match(f, FLAG_HAS_ALLOW_V4) && live(ALLOW_V4.get(&k), now) {
-                    return reason::ALLOWED;
-                }
-                if list_may_match(f, FLAG_HAS_DENY_V4) && live(DENY_V4.get(&k), now) {
-                    return reason::DENIED;
-                }
-                source_key_v4(a, cfg.v4_prefix_len)
+        let (key, cacheable) = match pkt.src {
+            Source::V4(a) => (
+                source_key_v4(a, cfg.v4_prefix_len),
+                cfg.flags & FLAG_CACHE_V4 != 0,
+            ),
+            Source::V6(a) => (
+                source_key_v6(a, cfg.v6_prefix_len),
+                cfg.flags & FLAG_CACHE_V6 != 0,
+            ),
+        };
+        // Without the cache, the lists are looked up first, and a listed source is never
+        // tracked.
+        if !cacheable {
+            let (listed, _) = lists::verdict(&pkt.src, cfg.flags, now);
+            if listed != reason::PASSED {
+                return listed;
             }
-            Source::V6(a) => {
-                let k = Key::new(128, a);
-                if list_may_match(f, FLAG_HAS_ALLOW_V6) && live(ALLOW_V6.get(&k), now) {
-                    return reason::ALLOWED;
-                }
-                if list_may_match(f, FLAG_HAS_DENY_V6) && live(DENY_V6.get(&k), now) {
-                    return reason::DENIED;
-                }
-                source_key_v6(a, cfg.v6_prefix_len)
+        }
+        let state = match limit::track(&key, cfg, now) {
+            // SAFETY: a pointer from a map lookup is valid for this program run. Other CPUs
+            // may update the same entry: the race loses increments, never memory safety.
+            Ok(s) => unsafe { &mut *s },
+            Err(banned) => {
+                // Untrackable (never expected of an LRU): the lists, then any ban, hold.
+                let (listed, _) = lists::verdict(&pkt.src, cfg.flags, now);
+                return if listed != reason::PASSED {
+                    listed
+                } else if banned {
+                    reason::BANNED
+                } else {
+                    reason::PASSED
+                };
             }
         };
-        let why = limit::judge(&key, cfg, now, len, pkt.syn, ctx.ingress_ifindex() as u32);
+        state.packets += 1;
+        state.bytes += len;
+        if cacheable {
+            // One tracker lookup instead of two trie lookups, while the lists are unchanged
+            // (same generation) and the deciding entry has not expired.
+            let fresh = state.list_gen == cfg.lists_gen
+                && (state.list_expires_ns == 0 || state.list_expires_ns > now);
+            if !fresh {
+                let (listed, expires) = lists::verdict(&pkt.src, cfg.flags, now);
+                state.list_verdict = listed as u32;
+                state.list_expires_ns = expires;
+                state.list_gen = cfg.lists_gen;
+            }
+            let listed = state.list_verdict as usize;
+            if listed != reason::PASSED {
+                if listed == reason::DENIED {
+                    state.dropped += 1;
+                }
+                return listed;
+            }
+        }
+        let why = limit::judge(state, &key, cfg, now, pkt.syn, ctx.ingress_ifindex() as u32);
         if why != reason::PASSED {
             return why;
         }
@@ -113,15 +145,6 @@ mod program {
             reason::MALFORMED
         } else {
             reason::PASSED
-        }
-    }
-
-    /// A list entry matches until it expires (0 = never).
-    #[inline(always)]
-    fn live(entry: Option<&ListEntry>, now: u64) -> bool {
-        match entry {
-            Some(e) => e.expires_ns == 0 || e.expires_ns > now,
-            None => false,
         }
     }
 

@@ -612,6 +612,7 @@ impl Settings {
             // Derived by the datapath when it writes the config.
             pkt_fill_ns: 0,
             syn_fill_ns: 0,
+            lists_gen: 0,
         }
     }
 

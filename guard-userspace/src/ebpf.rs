@@ -18,9 +18,9 @@ use aya::{
     },
 };
 use guard_common::{
-    Ban, BanEvent, Config, Counters, FLAG_HAS_ALLOW_V4, FLAG_HAS_ALLOW_V6, FLAG_HAS_DENY_V4,
-    FLAG_HAS_DENY_V6, FLAG_LIST_HINTS, LAYOUT_VERSION, LIST_HINT_BITS, ListEntry, PROGRAM_NAME,
-    SourceKey, SourceState, capacity, fill_ns, map_names,
+    Ban, BanEvent, Config, Counters, FLAG_CACHE_V4, FLAG_CACHE_V6, FLAG_HAS_ALLOW_V4,
+    FLAG_HAS_ALLOW_V6, FLAG_HAS_DENY_V4, FLAG_HAS_DENY_V6, FLAG_LIST_HINTS, LAYOUT_VERSION,
+    LIST_HINT_BITS, ListEntry, PROGRAM_NAME, SourceKey, SourceState, capacity, fill_ns, map_names,
 };
 
 use crate::{
@@ -438,6 +438,11 @@ pub struct KernelDatapath {
     base: Config,
     /// `FLAG_HAS_*` bits of the lists known to have entries (see `guard_common::LIST_HINT_BITS`).
     hints: u32,
+    /// The longest IPv4 and IPv6 list prefixes ever inserted since load (never lowered on a
+    /// removal: a stale high value only turns the verdict cache off, never on wrongly).
+    max_prefix: [u8; 2],
+    /// `Config::lists_gen`, bumped on every list change.
+    lists_gen: u64,
 }
 
 impl KernelDatapath {
@@ -462,6 +467,8 @@ impl KernelDatapath {
             ebpf,
             base: Config::default(),
             hints: 0,
+            max_prefix: [0, 0],
+            lists_gen: 0,
         })
         .and_then(|mut dp| {
             // Adopted maps keep their config and entries: start from them.
@@ -473,6 +480,7 @@ impl KernelDatapath {
                 flags: current.flags & !LIST_HINT_BITS,
                 pkt_fill_ns: 0,
                 syn_fill_ns: 0,
+                lists_gen: 0,
                 ..current
             };
             for bit in [
@@ -508,10 +516,29 @@ impl KernelDatapath {
     fn write_config(&mut self) -> Result<(), DatapathError> {
         let b = &self.base;
         let fill = |rate, burst| if rate == 0 { 0 } else { fill_ns(rate, burst) };
+        // The verdict cache is sound only if every list entry covers whole tracked sources.
+        let v4_track = if b.v4_prefix_len == 0 {
+            32
+        } else {
+            b.v4_prefix_len
+        };
+        let v6_track = if b.v6_prefix_len == 0 {
+            64
+        } else {
+            b.v6_prefix_len
+        };
+        let mut cache = 0;
+        if u32::from(self.max_prefix[0]) <= v4_track {
+            cache |= FLAG_CACHE_V4;
+        }
+        if u32::from(self.max_prefix[1]) <= v6_track {
+            cache |= FLAG_CACHE_V6;
+        }
         let cfg = Config {
-            flags: b.flags | FLAG_LIST_HINTS | self.hints,
+            flags: b.flags | FLAG_LIST_HINTS | self.hints | cache,
             pkt_fill_ns: fill(b.pps, b.burst),
             syn_fill_ns: fill(b.syn_pps, b.syn_burst),
+            lists_gen: self.lists_gen,
             ..*b
         };
         self.config
@@ -643,6 +670,7 @@ impl Datapath for KernelDatapath {
             flags: cfg.flags & !LIST_HINT_BITS,
             pkt_fill_ns: 0,
             syn_fill_ns: 0,
+            lists_gen: 0,
             ..cfg
         })
     }
@@ -681,12 +709,12 @@ impl Datapath for KernelDatapath {
             (_, None, None) => unreachable!("a CIDR is IPv4 or IPv6"),
         };
         inserted?;
-        let bit = Self::hint_bit(list, cidr);
-        if self.hints & bit == 0 {
-            self.hints |= bit;
-            self.write_config()?;
-        }
-        Ok(())
+        self.hints |= Self::hint_bit(list, cidr);
+        let family = usize::from(!cidr.is_ipv4());
+        self.max_prefix[family] = self.max_prefix[family].max(cidr.prefix());
+        // Every change invalidates the verdicts the tracker cached.
+        self.lists_gen += 1;
+        self.write_config()
     }
 
     fn list_remove(&mut self, list: List, cidr: &Cidr) -> Result<bool, DatapathError> {
@@ -697,9 +725,12 @@ impl Datapath for KernelDatapath {
             (List::Deny, _, Some(k)) => absent_ok(self.deny_v6.remove(&k), map_names::DENY_V6),
             (_, None, None) => unreachable!("a CIDR is IPv4 or IPv6"),
         }?;
-        let bit = Self::hint_bit(list, cidr);
-        if removed && self.hints & bit != 0 && !self.trie_has_entries(bit) {
-            self.hints &= !bit;
+        if removed {
+            let bit = Self::hint_bit(list, cidr);
+            if !self.trie_has_entries(bit) {
+                self.hints &= !bit;
+            }
+            self.lists_gen += 1;
             self.write_config()?;
         }
         Ok(removed)

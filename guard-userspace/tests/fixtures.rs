@@ -722,3 +722,87 @@ fn list_hints_skip_empty_lists_and_never_a_list_with_entries() {
         "the deny list still has its entry"
     );
 }
+
+#[test]
+fn a_cached_list_verdict_follows_every_list_change() {
+    let Some(mut k) = kernel_or_skip("cache_changes") else {
+        return;
+    };
+    let p = Builder::v4("198.18.8.8").build();
+    // The first packets cache "in no list" in the tracker entry.
+    assert_eq!(run_n(&mut k, &p, 2), [XDP_PASS, XDP_PASS]);
+    deny(&mut k, "198.18.8.0/24");
+    assert_eq!(
+        k.test_run(&p).unwrap(),
+        XDP_DROP,
+        "a deny added after caching applies"
+    );
+    allow(&mut k, "198.18.8.8");
+    assert_eq!(
+        k.test_run(&p).unwrap(),
+        XDP_PASS,
+        "an allow added after caching applies"
+    );
+    assert!(
+        k.list_remove(List::Allow, &"198.18.8.8/32".parse().unwrap())
+            .unwrap()
+    );
+    assert_eq!(k.test_run(&p).unwrap(), XDP_DROP);
+    assert!(
+        k.list_remove(List::Deny, &"198.18.8.0/24".parse().unwrap())
+            .unwrap()
+    );
+    assert_eq!(k.test_run(&p).unwrap(), XDP_PASS);
+    let c = totals(&k);
+    assert_eq!(c.packets[reason::PASSED], 3);
+    assert_eq!(c.packets[reason::DENIED], 2);
+    assert_eq!(c.packets[reason::ALLOWED], 1);
+}
+
+#[test]
+fn a_cached_deny_lapses_when_its_entry_expires() {
+    let Some(mut k) = kernel_or_skip("cache_expiry") else {
+        return;
+    };
+    let entry = ListEntry {
+        expires_ns: k.now_ns() + 200_000_000,
+    };
+    k.list_insert(List::Deny, &"198.18.8.0/24".parse().unwrap(), entry)
+        .unwrap();
+    let p = Builder::v4("198.18.8.9").build();
+    assert_eq!(run_n(&mut k, &p, 2), [XDP_DROP, XDP_DROP]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(k.test_run(&p).unwrap(), XDP_PASS);
+}
+
+#[test]
+fn a_list_entry_narrower_than_a_tracked_source_is_still_exact() {
+    let Some(mut k) = kernel_or_skip("cache_narrow") else {
+        return;
+    };
+    // IPv6 sources are tracked per /64: a /128 deny must not spread over its /64.
+    deny(&mut k, "fd00:1::5/128");
+    let denied = Builder::v6("fd00:1::5").build();
+    let neighbour = Builder::v6("fd00:1::6").build();
+    for _ in 0..3 {
+        assert_eq!(k.test_run(&denied).unwrap(), XDP_DROP);
+        assert_eq!(k.test_run(&neighbour).unwrap(), XDP_PASS);
+    }
+    // Likewise an IPv4 /32 deny under /24 tracking.
+    k.set_config(&Config {
+        v4_prefix_len: 24,
+        ..Config::default()
+    })
+    .unwrap();
+    deny(&mut k, "198.18.9.5/32");
+    for _ in 0..3 {
+        assert_eq!(
+            k.test_run(&Builder::v4("198.18.9.5").build()).unwrap(),
+            XDP_DROP
+        );
+        assert_eq!(
+            k.test_run(&Builder::v4("198.18.9.6").build()).unwrap(),
+            XDP_PASS
+        );
+    }
+}
