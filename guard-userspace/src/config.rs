@@ -1141,8 +1141,14 @@ mod tests {
         assert_eq!(s.health.settings.checks.len(), 1);
         assert!(s.health.config().is_ok());
         let b = Settings::builtin();
-        assert_eq!(b.health.listen, Some(DEFAULT_HEALTH_LISTEN.parse().unwrap()));
-        assert_eq!(b.health.agent_listen, Some(DEFAULT_AGENT_LISTEN.parse().unwrap()));
+        assert_eq!(
+            b.health.listen,
+            Some(DEFAULT_HEALTH_LISTEN.parse().unwrap())
+        );
+        assert_eq!(
+            b.health.agent_listen,
+            Some(DEFAULT_AGENT_LISTEN.parse().unwrap())
+        );
     }
 
     #[test]
@@ -1155,7 +1161,10 @@ mod tests {
         );
         let e = parse("[health]\nwarn_at = 95\ndrain_at = 90\n").unwrap_err();
         assert_eq!(e.line(), Some(2));
-        assert!(e.to_string().contains("must be below health.drain_at = 90"), "{e}");
+        assert!(
+            e.to_string().contains("must be below health.drain_at = 90"),
+            "{e}"
+        );
         let e = parse("[health]\nrise = -1\n").unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -1184,7 +1193,13 @@ mod tests {
 
     #[test]
     fn listen_addresses_are_checked_in_the_file_and_on_the_command_line() {
-        for bad in ["localhost:9301", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", " "] {
+        for bad in [
+            "localhost:9301",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "127.0.0.1:70000",
+            " ",
+        ] {
             let e = parse(&format!("[health]\nlisten = {bad:?}\n")).unwrap_err();
             assert_eq!(e.line(), Some(2), "{bad}: {e}");
             assert!(e.to_string().contains("health.listen"), "{e}");
@@ -1199,7 +1214,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.health.listen, None);
-        assert_eq!(s.health.agent_listen, Some("198.18.0.1:7777".parse().unwrap()));
+        assert_eq!(
+            s.health.agent_listen,
+            Some("198.18.0.1:7777".parse().unwrap())
+        );
         let e = s
             .apply(&Overrides {
                 agent_listen: Some("nowhere".into()),
@@ -1207,7 +1225,8 @@ mod tests {
             })
             .unwrap_err();
         assert!(
-            e.to_string().starts_with("command line: --agent-listen = \"nowhere\": expected ADDRESS:PORT"),
+            e.to_string()
+                .starts_with("command line: --agent-listen = \"nowhere\": expected ADDRESS:PORT"),
             "{e}"
         );
     }
