@@ -579,7 +579,37 @@ fn scenario(
     })
 }
 
+/// Holds the CPUs out of deep idle states while it lives (PM QoS: /dev/cpu_dma_latency at 0,
+/// kernel Documentation/power/pm_qos_interface.rst), so that a run with no flood, where the
+/// CPUs idle between transactions, is not slowed by idle-exit latency that a flood hides.
+struct NoDeepIdle(Option<std::fs::File>);
+
+impl NoDeepIdle {
+    fn hold() -> Self {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/cpu_dma_latency")
+            .and_then(|mut f| f.write_all(&0i32.to_ne_bytes()).map(|()| f));
+        match file {
+            Ok(f) => Self(Some(f)),
+            Err(e) => {
+                eprintln!(
+                    "guard-bench: cannot hold /dev/cpu_dma_latency at 0 ({e}); baselines may be noisy"
+                );
+                Self(None)
+            }
+        }
+    }
+
+    fn held(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 pub fn run(opts: &Options) -> Section {
+    // The request is dropped (the file closed) at the end of the section.
+    let qos = NoDeepIdle::hold();
     let mut section = Section::new(
         "2. Flood survival on veth (real packets)",
         &format!(
@@ -601,13 +631,13 @@ pub fn run(opts: &Options) -> Section {
             threads = opts.attack_threads,
         ),
     );
-    if let Err(e) = measure(opts, &mut section) {
+    if let Err(e) = measure(opts, &mut section, qos.held()) {
         section.failure = Some(format!("{e:#}"));
     }
     section
 }
 
-fn measure(opts: &Options, section: &mut Section) -> Result<()> {
+fn measure(opts: &Options, section: &mut Section, no_deep_idle: bool) -> Result<()> {
     let top = Topology::new().context("building the flood testbed")?;
     let stop_server = Arc::new(AtomicBool::new(false));
     let s = stop_server.clone();
@@ -678,11 +708,11 @@ fn measure(opts: &Options, section: &mut Section) -> Result<()> {
     outcomes.sort_by_key(|o| (o.protection as u8, o.traffic as u8));
     stop_server.store(true, Ordering::Relaxed);
     join(server)?;
-    report(section, &outcomes, limit);
+    report(section, &outcomes, limit, no_deep_idle);
     Ok(())
 }
 
-fn report(section: &mut Section, outcomes: &[Outcome], limit: u64) {
+fn report(section: &mut Section, outcomes: &[Outcome], limit: u64, no_deep_idle: bool) {
     let baseline = outcomes
         .iter()
         .find(|o| o.protection == Protection::None && o.traffic == Traffic::Quiet)
@@ -739,11 +769,15 @@ fn report(section: &mut Section, outcomes: &[Outcome], limit: u64) {
          on the sending CPU, so the flood's cost is charged to the attacker's thread as much as \
          to the server; a physical NIC would charge it to the server alone.",
     );
-    t.note(
-        "A flood can lift the client above the no-flood baseline: with the CPUs kept busy, \
-         the client's and server's wake-ups skip the idle-state exit latency. Differences of \
-         a few percent are within this machine's run-to-run noise.",
-    );
+    t.note(if no_deep_idle {
+        "The CPUs were held out of deep idle states for this section (/dev/cpu_dma_latency \
+         at 0), so that a no-flood run is not slowed by idle-exit latency that a flood would \
+         hide. Differences of a few percent are within this machine's run-to-run noise."
+    } else {
+        "/dev/cpu_dma_latency could not be held at 0: a flood can lift the client above the \
+         no-flood baseline, since with the CPUs kept busy the wake-ups skip the idle-state \
+         exit latency. Differences of a few percent are within this machine's run-to-run noise."
+    });
     t.note(
         "Dropped by protection: the guard's denied + banned + rate-limited + SYN-limited \
          counters, or the nftables drop rules' counters, over the client's window. Dropped on \
