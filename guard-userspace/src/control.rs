@@ -655,11 +655,14 @@ impl<D: Datapath> Control<D> {
         };
         let mut previous: Vec<(Cidr, Option<Entry>)> = Vec::with_capacity(unique.len());
         let mut failure = None;
-        for cidr in &unique {
-            if let Err(e) = self.dp.list_insert(list, cidr, value) {
+        let inserted = match self.dp.list_insert_many(list, &unique, value) {
+            Ok(()) => unique.len(),
+            Err((done, e)) => {
                 failure = Some(ControlError::from(e));
-                break;
+                done
             }
+        };
+        for cidr in &unique[..inserted] {
             let mut entry = template.clone();
             entry.record.cidr = *cidr;
             let old = self.list_mut(list).insert(*cidr, entry);

@@ -47,6 +47,20 @@ pub trait Datapath {
         cidr: &Cidr,
         entry: ListEntry,
     ) -> Result<(), DatapathError>;
+    /// Inserts or replaces many entries with one value, stopping at the first error, which
+    /// comes with the number inserted before it. The kernel datapath publishes the change
+    /// to the program once, at the end, rather than per entry.
+    fn list_insert_many(
+        &mut self,
+        list: List,
+        cidrs: &[Cidr],
+        entry: ListEntry,
+    ) -> Result<(), (usize, DatapathError)> {
+        for (i, cidr) in cidrs.iter().enumerate() {
+            self.list_insert(list, cidr, entry).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
     /// Removes a list entry; false if it was not there.
     fn list_remove(&mut self, list: List, cidr: &Cidr) -> Result<bool, DatapathError>;
     fn list_entries(&self, list: List) -> Result<Vec<(Cidr, ListEntry)>, DatapathError>;

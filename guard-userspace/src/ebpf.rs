@@ -555,6 +555,46 @@ impl KernelDatapath {
         }
     }
 
+    /// Inserts a list entry and notes what the program's hints need to know; the change is
+    /// published by `publish_list_change`.
+    fn insert_raw(
+        &mut self,
+        list: List,
+        cidr: &Cidr,
+        entry: ListEntry,
+    ) -> Result<(), DatapathError> {
+        match (list, v4_key(cidr), v6_key(cidr)) {
+            (List::Allow, Some(k), _) => self
+                .allow_v4
+                .insert(&k, entry, 0)
+                .map_err(insert_err(map_names::ALLOW_V4, capacity::ALLOW_V4)),
+            (List::Allow, _, Some(k)) => self
+                .allow_v6
+                .insert(&k, entry, 0)
+                .map_err(insert_err(map_names::ALLOW_V6, capacity::ALLOW_V6)),
+            (List::Deny, Some(k), _) => self
+                .deny_v4
+                .insert(&k, entry, 0)
+                .map_err(insert_err(map_names::DENY_V4, capacity::DENY_V4)),
+            (List::Deny, _, Some(k)) => self
+                .deny_v6
+                .insert(&k, entry, 0)
+                .map_err(insert_err(map_names::DENY_V6, capacity::DENY_V6)),
+            (_, None, None) => unreachable!("a CIDR is IPv4 or IPv6"),
+        }?;
+        self.hints |= Self::hint_bit(list, cidr);
+        let family = usize::from(!cidr.is_ipv4());
+        self.max_prefix[family] = self.max_prefix[family].max(cidr.prefix());
+        Ok(())
+    }
+
+    /// Bumps the lists generation, which invalidates every verdict the tracker cached, and
+    /// writes the config with the new hints.
+    fn publish_list_change(&mut self) -> Result<(), DatapathError> {
+        self.lists_gen += 1;
+        self.write_config()
+    }
+
     /// Forgets `key`'s tracker entry, so that its next packet reads its ban from `BANS`
     /// afresh (the entry caches the ban's expiry).
     fn forget_source(&mut self, key: &SourceKey) -> Result<(), DatapathError> {
@@ -689,32 +729,27 @@ impl Datapath for KernelDatapath {
         cidr: &Cidr,
         entry: ListEntry,
     ) -> Result<(), DatapathError> {
-        let inserted = match (list, v4_key(cidr), v6_key(cidr)) {
-            (List::Allow, Some(k), _) => self
-                .allow_v4
-                .insert(&k, entry, 0)
-                .map_err(insert_err(map_names::ALLOW_V4, capacity::ALLOW_V4)),
-            (List::Allow, _, Some(k)) => self
-                .allow_v6
-                .insert(&k, entry, 0)
-                .map_err(insert_err(map_names::ALLOW_V6, capacity::ALLOW_V6)),
-            (List::Deny, Some(k), _) => self
-                .deny_v4
-                .insert(&k, entry, 0)
-                .map_err(insert_err(map_names::DENY_V4, capacity::DENY_V4)),
-            (List::Deny, _, Some(k)) => self
-                .deny_v6
-                .insert(&k, entry, 0)
-                .map_err(insert_err(map_names::DENY_V6, capacity::DENY_V6)),
-            (_, None, None) => unreachable!("a CIDR is IPv4 or IPv6"),
-        };
-        inserted?;
-        self.hints |= Self::hint_bit(list, cidr);
-        let family = usize::from(!cidr.is_ipv4());
-        self.max_prefix[family] = self.max_prefix[family].max(cidr.prefix());
-        // Every change invalidates the verdicts the tracker cached.
-        self.lists_gen += 1;
-        self.write_config()
+        self.insert_raw(list, cidr, entry)?;
+        self.publish_list_change()
+    }
+
+    fn list_insert_many(
+        &mut self,
+        list: List,
+        cidrs: &[Cidr],
+        entry: ListEntry,
+    ) -> Result<(), (usize, DatapathError)> {
+        let mut result = Ok(());
+        for (i, cidr) in cidrs.iter().enumerate() {
+            if let Err(e) = self.insert_raw(list, cidr, entry) {
+                result = Err((i, e));
+                break;
+            }
+        }
+        // Whatever went in is published, even if the batch stopped early.
+        let done = result.as_ref().err().map_or(cidrs.len(), |(i, _)| *i);
+        self.publish_list_change().map_err(|e| (done, e))?;
+        result
     }
 
     fn list_remove(&mut self, list: List, cidr: &Cidr) -> Result<bool, DatapathError> {
@@ -730,8 +765,7 @@ impl Datapath for KernelDatapath {
             if !self.trie_has_entries(bit) {
                 self.hints &= !bit;
             }
-            self.lists_gen += 1;
-            self.write_config()?;
+            self.publish_list_change()?;
         }
         Ok(removed)
     }

@@ -806,3 +806,19 @@ fn a_list_entry_narrower_than_a_tracked_source_is_still_exact() {
         );
     }
 }
+
+#[test]
+fn a_batch_import_applies_to_sources_whose_verdict_was_cached() {
+    let Some(mut k) = kernel_or_skip("batch") else {
+        return;
+    };
+    let p = Builder::v4("198.18.10.10").build();
+    assert_eq!(k.test_run(&p).unwrap(), XDP_PASS);
+    let cidrs: Vec<Cidr> = (0..=255u8)
+        .map(|i| format!("198.18.{i}.0/24").parse().unwrap())
+        .collect();
+    k.list_insert_many(List::Deny, &cidrs, ListEntry::default())
+        .unwrap();
+    assert_eq!(k.test_run(&p).unwrap(), XDP_DROP);
+    assert_eq!(k.list_entries(List::Deny).unwrap().len(), 256);
+}
