@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod demo;
+mod dist;
 mod prereqs;
 
 use std::{
@@ -53,6 +54,13 @@ enum Task {
     EbpfObject,
     /// Build, then show the guard on a throwaway namespace testbed: a client and a flood at once.
     Demo,
+    /// Build (release) and package for operators under target/dist/: a tarball and a .deb.
+    Dist {
+        /// Then (as root) install the .deb on this host, run it on a namespace interface with
+        /// the unit's capabilities only, upgrade it and purge it, and check nothing is left.
+        #[arg(long)]
+        check: bool,
+    },
     /// Build (release), install the peers, and run the benchmarks as root: writes BENCHMARKS.md.
     Bench {
         /// Arguments for `guard-bench`, after `--` (e.g. `-- --only cost --repeat 500000`).
@@ -107,6 +115,7 @@ fn dispatch(task: Task) -> Result<ExitCode> {
             println!("{}", object.display());
         }
         Task::Bench { args } => bench::bench(&args)?,
+        Task::Dist { check } => dist::dist(check)?,
         Task::Demo => {
             if !prereqs::is_root()? {
                 bail!(
