@@ -20,6 +20,7 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::{build, prereqs, run, show};
 
 mod check;
+mod container;
 
 /// The workspace version; the xtask shares it (`version.workspace = true`).
 const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,6 +1,6 @@
 //! `cargo xtask dist --check`: installs the package on this host, runs the installed binary on
 //! a namespace interface with only the unit's capabilities, upgrades it over an edited config,
-//! purges it, and checks that nothing is left.
+//! purges it, and checks that nothing is left; then the same under systemd (`container`).
 
 use std::{
     env,
@@ -87,12 +87,12 @@ impl Drop for Host {
 
 /// The outcome of each step, printed as it goes; the check fails at the end if one failed.
 #[derive(Default)]
-struct Report {
+pub(super) struct Report {
     failed: Vec<String>,
 }
 
 impl Report {
-    fn step(&mut self, what: &str, r: Result<String>) {
+    pub(super) fn step(&mut self, what: &str, r: Result<String>) {
         match r {
             Ok(detail) if detail.is_empty() => eprintln!("check: ok: {what}"),
             Ok(detail) => eprintln!("check: ok: {what}: {}", detail.trim_end()),
@@ -160,6 +160,13 @@ pub fn check_on_this_host(dist: &Dist) -> Result<()> {
 
     drop(host);
     report.step("nothing of the check is left", check_clean(&Names::new()));
+
+    // The same package under a real systemd, in a container on a namespace of its own.
+    let systemd = super::container::check_under_systemd(&mut report, dist);
+    report.step(
+        "systemd: the container check ran to the end",
+        systemd.map(|()| String::new()),
+    );
 
     if report.failed.is_empty() {
         eprintln!("check: all passed");
