@@ -157,10 +157,27 @@ const _: () = assert!(core::mem::size_of::<Config>() == 80);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListEntry {
-    /// `bpf_ktime_get_ns` time after which the entry no longer matches; 0 = never expires.
+    /// CLOCK_MONOTONIC time (the program's `bpf_ktime_get_coarse_ns`) after which the entry
+    /// no longer matches; 0 = never expires.
     pub expires_ns: u64,
+    /// The entry's own prefix length (the trie returns the value, not the key it matched):
+    /// when an expired entry is the longest match, the program looks again above it, so an
+    /// expired /24 never hides a live /16.
+    pub prefix_len: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ListEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<ListEntry>() == 16);
+
+impl ListEntry {
+    /// An entry that expires at `expires_ns` (0 = never); the datapath fills in the prefix.
+    pub const fn expiring(expires_ns: u64) -> Self {
+        Self {
+            expires_ns,
+            prefix_len: 0,
+            _pad: 0,
+        }
+    }
+}
 
 /// A tracked source: an IPv4 address as `::ffff:a.b.c.d`, or an IPv6 address masked to the
 /// configured prefix. Network byte order.
@@ -211,9 +228,9 @@ const _: () = assert!(core::mem::size_of::<SourceState>() == 96);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ban {
-    /// `bpf_ktime_get_ns` time at which the ban ends.
+    /// CLOCK_MONOTONIC time (`bpf_ktime_get_coarse_ns`) at which the ban ends.
     pub expires_ns: u64,
-    /// `bpf_ktime_get_ns` time at which the ban began.
+    /// CLOCK_MONOTONIC time at which the ban began.
     pub since_ns: u64,
     /// `reason::RATE_LIMITED` or `reason::SYN_LIMITED` (as u32).
     pub reason: u32,
@@ -403,6 +420,20 @@ pub fn source_key_v6(addr: [u8; 16], prefix_len: u32) -> SourceKey {
     }
 }
 
+/// Is `addr` an IPv4-mapped IPv6 address (`::ffff:0:0/96`)? Never a valid source on the wire
+/// (RFC 4291 2.5.5.2; Linux drops it in ip6_rcv_core), and its tracker key would be an IPv4
+/// source's, so the program never tracks one.
+#[inline(always)]
+pub fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]) == 0
+        && addr[8] == 0
+        && addr[9] == 0
+        && addr[10] == 0xff
+        && addr[11] == 0xff
+}
+
 impl SourceKey {
     /// The IPv4 address if this key is `::ffff:a.b.c.d`.
     pub fn as_v4(&self) -> Option<[u8; 4]> {
@@ -554,6 +585,23 @@ mod tests {
             FLAG_LIST_HINTS | FLAG_HAS_DENY_V4,
             FLAG_HAS_ALLOW_V4
         ));
+    }
+
+    #[test]
+    fn v4_mapped_sources_are_recognised() {
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 7, 9];
+        assert!(is_v4_mapped(&mapped));
+        let mut other = mapped;
+        other[9] = 1;
+        assert!(!is_v4_mapped(&other));
+        assert!(!is_v4_mapped(&[
+            0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 1, 2, 3, 4
+        ]));
+        // The collision it prevents: with a /128 tracking prefix the keys are equal.
+        assert_eq!(
+            source_key_v6(mapped, 128),
+            source_key_v4([198, 18, 7, 9], 32)
+        );
     }
 
     #[test]

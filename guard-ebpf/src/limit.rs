@@ -25,18 +25,31 @@ fn ban_expiry(key: &SourceKey, now: u64) -> u64 {
     }
 }
 
-/// The tracker entry of `key`, made (with a full bucket and any ban `BANS` holds for it) if
-/// this is the source's first packet, or its first since the LRU evicted it. `None` only if
-/// the tracker cannot hold it even after an insert; `banned` then says whether `BANS` does.
+/// The tracker entry of `key`, if the source is tracked.
 #[inline(always)]
-pub fn track(key: &SourceKey, cfg: &Config, now: u64) -> Result<*mut SourceState, bool> {
-    if let Some(s) = SOURCES.get_ptr_mut(key) {
-        return Ok(s);
-    }
+pub fn lookup(key: &SourceKey) -> Option<*mut SourceState> {
+    SOURCES.get_ptr_mut(key)
+}
+
+/// Starts tracking `key` (its first packet, or its first since the LRU evicted it): a full
+/// bucket, any ban `BANS` holds for it, and its list verdict `listed` (cached under
+/// `cfg.lists_gen` until `list_expires`). `Err` only if the tracker cannot hold it even
+/// after an insert; the error says whether `BANS` bans it.
+#[inline(always)]
+pub fn track(
+    key: &SourceKey,
+    cfg: &Config,
+    now: u64,
+    listed: usize,
+    list_expires: u64,
+) -> Result<*mut SourceState, bool> {
     let fresh = SourceState {
         pkt: full_bucket(now, cfg.burst),
         syn: full_bucket(now, cfg.syn_burst),
         banned_until_ns: ban_expiry(key, now),
+        list_gen: cfg.lists_gen,
+        list_expires_ns: list_expires,
+        list_verdict: listed as u32,
         ..SourceState::default()
     };
     // NOEXIST: another CPU may have inserted it meanwhile; then use theirs.
@@ -115,9 +128,17 @@ fn ban(key: &SourceKey, expires_ns: u64, now: u64, why: usize, ifindex: u32) {
         reason: why as u32,
         _pad: 0,
     };
-    // NOEXIST: if another CPU banned it first, keep that ban and report only once. A full
-    // BANS keeps the ban only in the tracker entry (lost if the LRU evicts it).
-    if BANS.insert(key, ban, BPF_NOEXIST as u64).is_ok() {
+    // NOEXIST: if another CPU banned it first, keep that ban and report only once. An
+    // expired ban still in the map (the daemon's sweep runs each second, and not at all while
+    // it is down) is replaced. A full BANS keeps the ban only in the tracker entry (lost if
+    // the LRU evicts it).
+    let new = BANS.insert(key, ban, BPF_NOEXIST as u64).is_ok()
+        || match BANS.get_ptr(key) {
+            // SAFETY: a pointer from a map lookup is valid for this program run.
+            Some(old) if unsafe { (*old).expires_ns } <= now => BANS.insert(key, ban, 0).is_ok(),
+            _ => false,
+        };
+    if new {
         let event = BanEvent {
             source: *key,
             since_ns: now,

@@ -1,6 +1,6 @@
 //! The allow and deny lists: longest-prefix lookups of a source in the CIDR tries, skipping
-//! lists that userspace says are empty.
-use aya_ebpf::maps::lpm_trie::Key;
+//! lists that userspace says are empty, and looking past expired entries.
+use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use guard_common::{
     FLAG_HAS_ALLOW_V4, FLAG_HAS_ALLOW_V6, FLAG_HAS_DENY_V4, FLAG_HAS_DENY_V6, ListEntry,
     list_may_match, reason,
@@ -11,45 +11,56 @@ use crate::{
     parse::Source,
 };
 
+/// Expired entries looked past before giving up: an expired /32 inside an expired /24 inside
+/// a live /16 still finds the /16. Deeper nests wait for the daemon's sweep (within a second).
+const MAX_EXPIRED_HOPS: usize = 3;
+
 /// The list verdict for `src` at `now`: `ALLOWED` (the allow list wins), `DENIED`, or
 /// `PASSED` for neither; with the expiry of the entry that decided it (0 = none).
 #[inline(always)]
 pub fn verdict(src: &Source, flags: u32, now: u64) -> (usize, u64) {
-    match src {
-        Source::V4(a) => {
-            let k = Key::new(32, *a);
-            if list_may_match(flags, FLAG_HAS_ALLOW_V4)
-                && let Some(e) = live(ALLOW_V4.get(&k), now)
-            {
-                return (reason::ALLOWED, e.expires_ns);
-            }
-            if list_may_match(flags, FLAG_HAS_DENY_V4)
-                && let Some(e) = live(DENY_V4.get(&k), now)
-            {
-                return (reason::DENIED, e.expires_ns);
-            }
-        }
-        Source::V6(a) => {
-            let k = Key::new(128, *a);
-            if list_may_match(flags, FLAG_HAS_ALLOW_V6)
-                && let Some(e) = live(ALLOW_V6.get(&k), now)
-            {
-                return (reason::ALLOWED, e.expires_ns);
-            }
-            if list_may_match(flags, FLAG_HAS_DENY_V6)
-                && let Some(e) = live(DENY_V6.get(&k), now)
-            {
-                return (reason::DENIED, e.expires_ns);
-            }
-        }
+    let allow = match src {
+        Source::V4(a) => live(&ALLOW_V4, *a, 32, flags, FLAG_HAS_ALLOW_V4, now),
+        Source::V6(a) => live(&ALLOW_V6, *a, 128, flags, FLAG_HAS_ALLOW_V6, now),
+    };
+    if let Some(e) = allow {
+        return (reason::ALLOWED, e.expires_ns);
     }
-    (reason::PASSED, 0)
+    let deny = match src {
+        Source::V4(a) => live(&DENY_V4, *a, 32, flags, FLAG_HAS_DENY_V4, now),
+        Source::V6(a) => live(&DENY_V6, *a, 128, flags, FLAG_HAS_DENY_V6, now),
+    };
+    match deny {
+        Some(e) => (reason::DENIED, e.expires_ns),
+        None => (reason::PASSED, 0),
+    }
 }
 
-/// A list entry matches until it expires (0 = never).
+/// The longest live entry of `trie` covering `addr` (`bits` long), unless the hints say the
+/// list is empty. An expired longest match is looked past: the next lookup starts just above
+/// its prefix (the trie matches only prefixes no longer than the key's length).
 #[inline(always)]
-fn live(entry: Option<&ListEntry>, now: u64) -> Option<ListEntry> {
-    entry
-        .copied()
-        .filter(|e| e.expires_ns == 0 || e.expires_ns > now)
+fn live<K: Copy>(
+    trie: &LpmTrie<K, ListEntry>,
+    addr: K,
+    bits: u32,
+    flags: u32,
+    hint: u32,
+    now: u64,
+) -> Option<ListEntry> {
+    if !list_may_match(flags, hint) {
+        return None;
+    }
+    let mut len = bits;
+    for _ in 0..=MAX_EXPIRED_HOPS {
+        let e = *trie.get(Key::new(len, addr))?;
+        if e.expires_ns == 0 || e.expires_ns > now {
+            return Some(e);
+        }
+        if e.prefix_len == 0 || e.prefix_len > len {
+            return None;
+        }
+        len = e.prefix_len - 1;
+    }
+    None
 }

@@ -92,50 +92,53 @@ mod program {
                 cfg.flags & FLAG_CACHE_V6 != 0,
             ),
         };
-        // Without the cache, the lists are looked up first, and a listed source is never
-        // tracked.
-        if !cacheable {
-            let (listed, _) = lists::verdict(&pkt.src, cfg.flags, now);
-            if listed != reason::PASSED {
-                return listed;
-            }
-        }
-        let state = match limit::track(&key, cfg, now) {
-            // SAFETY: a pointer from a map lookup is valid for this program run. Other CPUs
-            // may update the same entry: the race loses increments, never memory safety.
-            Ok(s) => unsafe { &mut *s },
-            Err(banned) => {
-                // Untrackable (never expected of an LRU): the lists, then any ban, hold.
-                let (listed, _) = lists::verdict(&pkt.src, cfg.flags, now);
-                return if listed != reason::PASSED {
-                    listed
-                } else if banned {
-                    reason::BANNED
+        let (state, listed) = match limit::lookup(&key) {
+            Some(s) => {
+                // SAFETY: a pointer from a map lookup is valid for this program run. Other
+                // CPUs may update the same entry: the race loses increments, never safety.
+                let s = unsafe { &mut *s };
+                let listed = if cacheable {
+                    // One tracker lookup instead of two trie lookups while the lists are
+                    // unchanged (same generation; 0 is never current) and the deciding
+                    // entry has not expired.
+                    let fresh = s.list_gen != 0
+                        && s.list_gen == cfg.lists_gen
+                        && (s.list_expires_ns == 0 || s.list_expires_ns > now);
+                    if !fresh {
+                        let (listed, expires) = lists::verdict(&pkt.src, cfg.flags, now);
+                        s.list_verdict = listed as u32;
+                        s.list_expires_ns = expires;
+                        s.list_gen = cfg.lists_gen;
+                    }
+                    s.list_verdict as usize
                 } else {
-                    reason::PASSED
+                    lists::verdict(&pkt.src, cfg.flags, now).0
                 };
+                (s, listed)
+            }
+            None => {
+                // Not tracked: the lists first, and a listed source is not tracked, so a
+                // flood from a denied range costs the trie lookups and nothing more.
+                let (listed, expires) = lists::verdict(&pkt.src, cfg.flags, now);
+                if listed != reason::PASSED {
+                    return listed;
+                }
+                match limit::track(&key, cfg, now, listed, expires) {
+                    // SAFETY: as above.
+                    Ok(s) => (unsafe { &mut *s }, listed),
+                    // Untrackable (never expected of an LRU): any ban still holds.
+                    Err(true) => return reason::BANNED,
+                    Err(false) => return reason::PASSED,
+                }
             }
         };
         state.packets += 1;
         state.bytes += len;
-        if cacheable {
-            // One tracker lookup instead of two trie lookups, while the lists are unchanged
-            // (same generation) and the deciding entry has not expired.
-            let fresh = state.list_gen == cfg.lists_gen
-                && (state.list_expires_ns == 0 || state.list_expires_ns > now);
-            if !fresh {
-                let (listed, expires) = lists::verdict(&pkt.src, cfg.flags, now);
-                state.list_verdict = listed as u32;
-                state.list_expires_ns = expires;
-                state.list_gen = cfg.lists_gen;
+        if listed != reason::PASSED {
+            if listed == reason::DENIED {
+                state.dropped += 1;
             }
-            let listed = state.list_verdict as usize;
-            if listed != reason::PASSED {
-                if listed == reason::DENIED {
-                    state.dropped += 1;
-                }
-                return listed;
-            }
+            return listed;
         }
         let why = limit::judge(state, &key, cfg, now, pkt.syn, ctx.ingress_ifindex() as u32);
         if why != reason::PASSED {

@@ -1,6 +1,7 @@
 //! Packet parsing with a bounds-checked cursor: Ethernet, up to two VLAN tags, IPv4 with
 //! options, IPv6 with a bounded walk over extension headers, fragments and TCP flags.
 use aya_ebpf::programs::XdpContext;
+use guard_common::is_v4_mapped;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -152,7 +153,12 @@ fn tcp_flags(ctx: &XdpContext, l4: usize, pkt: &mut Packet) {
     // Flags are byte 13 of the TCP header; the header is at least 20 bytes (RFC 9293).
     match bytes::<20>(ctx, l4) {
         Some(tcp) => pkt.syn = tcp[13] & TCP_FLAG_SYN != 0 && tcp[13] & TCP_FLAG_ACK == 0,
-        None => pkt.truncated = true,
+        // A TCP header cut short (a tiny first fragment, RFC 1858) may hide a SYN that the
+        // stack will reassemble: charge it as one.
+        None => {
+            pkt.truncated = true;
+            pkt.syn = true;
+        }
     }
 }
 
@@ -167,6 +173,10 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
     }
     let mut src = [0u8; 16];
     src.copy_from_slice(&hdr[8..24]);
+    if is_v4_mapped(&src) {
+        // Never valid on the wire, and it would share an IPv4 source's tracker entry.
+        return Parsed::Malformed;
+    }
     let hop_limit = hdr[7];
     let mut pkt = Packet {
         src: Source::V6(src),
@@ -210,6 +220,16 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Parsed {
             }
             _ => break,
         }
+    }
+    if matches!(
+        next,
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT | IPV6_AH
+    ) {
+        // More extension headers than the walk follows: the transport header is out of
+        // sight, and could be a SYN. Judged by its source, charged as a SYN.
+        pkt.truncated = true;
+        pkt.syn = true;
+        return Parsed::Ip(pkt);
     }
     match next {
         IPPROTO_TCP => tcp_flags(ctx, off, &mut pkt),

@@ -23,6 +23,10 @@ pub enum CidrError {
         "{input:?} is not an IP address: expected an IPv4 or IPv6 address or CIDR, such as 198.18.0.0/15 or fd00::/8"
     )]
     BadAddress { input: String },
+    #[error(
+        "{input:?} is an IPv4-mapped IPv6 address, which never appears as a source on the wire: write the IPv4 form ({v4})"
+    )]
+    V4Mapped { input: String, v4: String },
     #[error("{input:?}: prefix length {prefix:?} is out of range: {family} accepts /0 to /{max}")]
     BadPrefix {
         input: String,
@@ -115,6 +119,15 @@ impl FromStr for Cidr {
                 }
             },
         };
+        if let IpAddr::V6(a) = addr
+            && let Some(v4) = a.to_ipv4_mapped()
+            && prefix >= 96
+        {
+            return Err(CidrError::V4Mapped {
+                input: input.to_string(),
+                v4: format!("{v4}/{}", prefix - 96),
+            });
+        }
         Ok(Self::new(addr, prefix).expect("prefix checked against the family's maximum"))
     }
 }
@@ -182,6 +195,8 @@ mod tests {
         assert!("10.0.0.0/".parse::<Cidr>().is_err());
         assert!("10.0.0.0/+8".parse::<Cidr>().is_err());
         assert!("10.0.0.0/-1".parse::<Cidr>().is_err());
+        let e = "::ffff:198.18.0.1".parse::<Cidr>().unwrap_err();
+        assert!(e.to_string().contains("198.18.0.1/32"), "{e}");
     }
 
     #[test]

@@ -560,13 +560,8 @@ impl<D: Datapath> Control<D> {
         Self::check_ttl_reason(ttl, reason.as_deref())?;
         self.check_capacity(list, std::iter::once(&cidr))?;
         let entry = self.new_entry(cidr, ttl, reason);
-        self.dp.list_insert(
-            list,
-            &cidr,
-            ListEntry {
-                expires_ns: entry.expires_ns,
-            },
-        )?;
+        self.dp
+            .list_insert(list, &cidr, ListEntry::expiring(entry.expires_ns))?;
         let old = self.list_mut(list).insert(cidr, entry);
         if let Err(e) = self.persist() {
             self.undo(list, cidr, old);
@@ -580,13 +575,9 @@ impl<D: Datapath> Control<D> {
     /// Puts back `old` for `cidr` (or removes it), in memory and the map: undoing a change.
     fn undo(&mut self, list: List, cidr: Cidr, old: Option<Entry>) {
         let result = match &old {
-            Some(e) => self.dp.list_insert(
-                list,
-                &cidr,
-                ListEntry {
-                    expires_ns: e.expires_ns,
-                },
-            ),
+            Some(e) => self
+                .dp
+                .list_insert(list, &cidr, ListEntry::expiring(e.expires_ns)),
             None => self.dp.list_remove(list, &cidr).map(|_| ()),
         };
         if let Err(e) = result {
@@ -650,9 +641,7 @@ impl<D: Datapath> Control<D> {
 
         // One stamp for the whole import: every entry gets the same times.
         let template = self.new_entry(Cidr::host(IpAddr::from([0u8; 4])), ttl, reason);
-        let value = ListEntry {
-            expires_ns: template.expires_ns,
-        };
+        let value = ListEntry::expiring(template.expires_ns);
         let mut previous: Vec<(Cidr, Option<Entry>)> = Vec::with_capacity(unique.len());
         let mut failure = None;
         let inserted = match self.dp.list_insert_many(list, &unique, value) {
@@ -801,7 +790,9 @@ impl<D: Datapath> Control<D> {
         let mut seen = HashSet::new();
         for (key, ban) in self.dp.bans()? {
             if ban.expires_ns <= now_ns {
-                self.dp.ban_remove(&key)?;
+                // Not ban_remove: that also forgets the tracker entry, which may by now hold
+                // a new ban the program made (and failed to record over the expired one).
+                self.dp.ban_expire(&key, now_ns)?;
                 out.expired_bans += 1;
                 continue;
             }
@@ -917,13 +908,8 @@ impl<D: Datapath> Control<D> {
                 }
             }
             for (cidr, e) in &entries {
-                self.dp.list_insert(
-                    list,
-                    cidr,
-                    ListEntry {
-                        expires_ns: e.expires_ns,
-                    },
-                )?;
+                self.dp
+                    .list_insert(list, cidr, ListEntry::expiring(e.expires_ns))?;
             }
             match list {
                 List::Allow => report.allow = entries.len(),
@@ -1481,7 +1467,7 @@ mod tests {
         assert!(!out.replaced);
         assert_eq!(
             c.datapath().entry(List::Deny, "203.0.113.0/24"),
-            Some(ListEntry { expires_ns: 0 })
+            Some(ListEntry::expiring(0))
         );
         let saved = f.saved();
         assert_eq!(saved.deny.len(), 1);
@@ -1675,7 +1661,7 @@ mod tests {
         assert_eq!(c.datapath().lists.len(), 1);
         assert_eq!(
             c.datapath().entry(List::Deny, "10.0.0.2"),
-            Some(ListEntry { expires_ns: 0 })
+            Some(ListEntry::expiring(0))
         );
         assert_eq!(f.saved().deny.len(), 1);
     }
@@ -1738,13 +1724,11 @@ mod tests {
         assert_eq!((report.allow, report.deny, report.expired), (1, 1, 0));
         assert_eq!(
             c.datapath().entry(List::Deny, "192.0.2.9"),
-            Some(ListEntry {
-                expires_ns: 5 * SEC + 500 * SEC
-            })
+            Some(ListEntry::expiring(5 * SEC + 500 * SEC))
         );
         assert_eq!(
             c.datapath().entry(List::Allow, "198.18.0.0/15"),
-            Some(ListEntry { expires_ns: 0 })
+            Some(ListEntry::expiring(0))
         );
         assert_eq!(
             c.list_entries(List::Allow)[0].reason.as_deref(),
@@ -1787,7 +1771,7 @@ mod tests {
         let f = fixture();
         let mut dp = FakeDatapath::new(f.clock.clone());
         dp.lists
-            .insert((List::Deny, cidr("10.9.9.9")), ListEntry { expires_ns: 0 });
+            .insert((List::Deny, cidr("10.9.9.9")), ListEntry::expiring(0));
         let mut c = f.control_with(dp);
         let report = c.restore(Some(State::default())).unwrap();
         assert_eq!(report.stale_removed, 1);
@@ -1800,18 +1784,14 @@ mod tests {
         let mut dp = FakeDatapath::new(f.clock.clone());
         let now = f.clock.now_ns();
         dp.lists
-            .insert((List::Deny, cidr("10.9.9.9")), ListEntry { expires_ns: 0 });
+            .insert((List::Deny, cidr("10.9.9.9")), ListEntry::expiring(0));
         dp.lists.insert(
             (List::Deny, cidr("10.9.9.10")),
-            ListEntry {
-                expires_ns: now + 120 * SEC,
-            },
+            ListEntry::expiring(now + 120 * SEC),
         );
         dp.lists.insert(
             (List::Allow, cidr("10.1.1.1")),
-            ListEntry {
-                expires_ns: now - 1,
-            },
+            ListEntry::expiring(now - 1),
         );
         dp.bans.insert(v4key([192, 0, 2, 1]), ban_for(now, 60));
         let mut c = f.control_with(dp);

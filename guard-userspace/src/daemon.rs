@@ -289,6 +289,7 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
         Err(e) => log::warn!("cannot notify systemd (NOTIFY_SOCKET): {e}"),
     }
 
+    let watchdog = watchdog_requested();
     let mut next_tick = Instant::now() + TICK;
     loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
@@ -317,7 +318,12 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
             break;
         }
         if Instant::now() >= next_tick {
-            daemon.tick();
+            // systemd's watchdog (WatchdogSec=) hears from us only while the loop is sound;
+            // a daemon stuck or unable to read its maps is restarted, and the pinned program
+            // keeps protecting meanwhile.
+            if daemon.tick() && watchdog {
+                let _ = sd_notify("WATCHDOG=1");
+            }
             next_tick += TICK;
             // After a long stall, do not run a burst of catch-up ticks.
             if next_tick < Instant::now() {
@@ -495,6 +501,8 @@ impl Health {
 
 /// What one tick read from the control plane for the health evaluation.
 struct HealthInputs {
+    /// The expiry sweep read and wrote the maps: the daemon's loop is sound (the watchdog).
+    loop_sound: bool,
     now_unix: u64,
     counters: Result<Vec<(u32, guard_common::Counters)>, String>,
     attachments: Vec<ebpf::Attachment>,
@@ -550,9 +558,13 @@ impl<D: Datapath + BanEvents> Daemon<D> {
 
     /// One second's work: log new bans, expire entries, bans and overrides, mirror bans to
     /// disk, then evaluate health and publish it with the metrics.
-    fn tick(&self) {
+    /// One second's work. True if the daemon's own loop is sound: the maps answered the
+    /// expiry sweep. (Not the host's health: a busy or draining host's daemon is fine.)
+    fn tick(&self) -> bool {
         let inputs = self.housekeeping();
+        let sound = inputs.loop_sound;
         self.evaluate(inputs);
+        sound
     }
 
     /// The control plane's part of a tick, under its lock; returns what health needs.
@@ -564,7 +576,9 @@ impl<D: Datapath + BanEvents> Daemon<D> {
                 log::warn!("{line}");
             }
         }
-        match control.sweep() {
+        let sweep = control.sweep();
+        let loop_sound = sweep.is_ok();
+        match sweep {
             Ok(s) => {
                 if s.expired_allow + s.expired_deny + s.expired_bans > 0 {
                     log::info!(
@@ -597,6 +611,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             }
         };
         HealthInputs {
+            loop_sound,
             now_unix: control.now_unix(),
             counters: control.counters().map_err(|e| error_chain(&e)),
             attachments: control.attachments().to_vec(),
@@ -611,6 +626,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
     /// The health part of a tick, off the control plane's lock: evaluate and publish.
     fn evaluate(&self, inputs: HealthInputs) {
         let HealthInputs {
+            loop_sound: _,
             now_unix,
             counters,
             attachments,
@@ -904,6 +920,22 @@ impl Signals {
             _ => Err(e),
         }
     }
+}
+
+/// Did systemd ask for watchdog keep-alives (`WATCHDOG_USEC`, for this process if
+/// `WATCHDOG_PID` is set)? See sd_watchdog_enabled(3).
+fn watchdog_requested() -> bool {
+    let usec = std::env::var("WATCHDOG_USEC").ok();
+    let pid = std::env::var("WATCHDOG_PID").ok();
+    watchdog_wanted(usec.as_deref(), pid.as_deref(), std::process::id())
+}
+
+fn watchdog_wanted(usec: Option<&str>, pid: Option<&str>, me: u32) -> bool {
+    let armed = usec
+        .and_then(|u| u.parse::<u64>().ok())
+        .is_some_and(|u| u > 0);
+    let ours = pid.is_none_or(|p| p.parse::<u32>().ok() == Some(me));
+    armed && ours
 }
 
 /// Sends `state` (such as `READY=1`) to systemd if `NOTIFY_SOCKET` is set; false if it is not.
@@ -1351,6 +1383,16 @@ mod tests {
         assert_eq!(lines.len(), BAN_LINES_PER_TICK + 1);
         assert!(lines[10].contains("240 more new bans"), "{}", lines[10]);
         assert!(ban_log_lines(&[], 10).is_empty());
+    }
+
+    #[test]
+    fn watchdog_is_wanted_only_when_systemd_arms_it_for_this_process() {
+        assert!(watchdog_wanted(Some("30000000"), None, 7));
+        assert!(watchdog_wanted(Some("30000000"), Some("7"), 7));
+        assert!(!watchdog_wanted(Some("30000000"), Some("8"), 7));
+        assert!(!watchdog_wanted(None, None, 7));
+        assert!(!watchdog_wanted(Some("0"), None, 7));
+        assert!(!watchdog_wanted(Some("soon"), None, 7));
     }
 
     #[test]

@@ -66,8 +66,14 @@ pub trait Datapath {
     fn list_entries(&self, list: List) -> Result<Vec<(Cidr, ListEntry)>, DatapathError>;
     fn bans(&self) -> Result<Vec<(SourceKey, Ban)>, DatapathError>;
     fn ban_insert(&mut self, key: &SourceKey, ban: &Ban) -> Result<(), DatapathError>;
-    /// Removes a ban; false if there was none.
+    /// Lifts a ban (an operator's unban): the source is free at once. False if there was none.
     fn ban_remove(&mut self, key: &SourceKey) -> Result<bool, DatapathError>;
+    /// Clears a ban that expired by `now_ns` from the map, leaving any newer ban the data
+    /// plane holds for the source in place. False if there was none, or it had not expired.
+    fn ban_expire(&mut self, key: &SourceKey, now_ns: u64) -> Result<bool, DatapathError> {
+        let _ = now_ns;
+        self.ban_remove(key)
+    }
     /// Counters summed over CPUs, per stats slot (`ifindex % STATS_SLOTS`), non-zero slots only.
     fn counters(&self) -> Result<Vec<(u32, Counters)>, DatapathError>;
     /// The sources the tracker holds now.

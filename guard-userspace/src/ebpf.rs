@@ -160,10 +160,30 @@ fn expected_layout(name: &str) -> Option<(MapType, u32, u32, u32)> {
             sz(size_of::<Counters>()),
             capacity::STATS_SLOTS,
         ),
-        map_names::ALLOW_V4 => (MapType::LpmTrie, 8, 8, capacity::ALLOW_V4),
-        map_names::ALLOW_V6 => (MapType::LpmTrie, 20, 8, capacity::ALLOW_V6),
-        map_names::DENY_V4 => (MapType::LpmTrie, 8, 8, capacity::DENY_V4),
-        map_names::DENY_V6 => (MapType::LpmTrie, 20, 8, capacity::DENY_V6),
+        map_names::ALLOW_V4 => (
+            MapType::LpmTrie,
+            8,
+            sz(size_of::<ListEntry>()),
+            capacity::ALLOW_V4,
+        ),
+        map_names::ALLOW_V6 => (
+            MapType::LpmTrie,
+            20,
+            sz(size_of::<ListEntry>()),
+            capacity::ALLOW_V6,
+        ),
+        map_names::DENY_V4 => (
+            MapType::LpmTrie,
+            8,
+            sz(size_of::<ListEntry>()),
+            capacity::DENY_V4,
+        ),
+        map_names::DENY_V6 => (
+            MapType::LpmTrie,
+            20,
+            sz(size_of::<ListEntry>()),
+            capacity::DENY_V6,
+        ),
         map_names::SOURCES => (
             MapType::LruHash,
             16,
@@ -245,16 +265,48 @@ fn if_index(iface: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
-/// Pinned link files are `<iface>@<mode>` (bpffs refuses names with a dot).
-fn link_pins(links_dir: &Path) -> Vec<(String, String, PathBuf)> {
+/// The pin file name of `iface`'s link: `<iface>@<mode>`, with `.`, `%` and `@` in the
+/// interface name percent-encoded (bpffs refuses names with a dot, and `eth0.100` is the
+/// usual name of a VLAN interface).
+pub fn link_pin_name(iface: &str, mode: &str) -> String {
+    let mut name = String::with_capacity(iface.len() + mode.len() + 1);
+    for c in iface.chars() {
+        match c {
+            '.' => name.push_str("%2E"),
+            '%' => name.push_str("%25"),
+            '@' => name.push_str("%40"),
+            c => name.push(c),
+        }
+    }
+    name.push('@');
+    name.push_str(mode);
+    name
+}
+
+/// The interface and mode a link pin file name holds (the inverse of `link_pin_name`).
+pub fn parse_link_pin_name(name: &str) -> Option<(String, String)> {
+    let (encoded, mode) = name.rsplit_once('@')?;
+    let mut iface = String::with_capacity(encoded.len());
+    let mut rest = encoded;
+    while let Some(i) = rest.find('%') {
+        iface.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 3)?;
+        iface.push(char::from(u8::from_str_radix(code, 16).ok()?));
+        rest = &rest[i + 3..];
+    }
+    iface.push_str(rest);
+    Some((iface, mode.to_string()))
+}
+
+/// The pinned links under `links_dir`: (interface, mode, pin path).
+pub fn link_pins(links_dir: &Path) -> Vec<(String, String, PathBuf)> {
     let Ok(rd) = fs::read_dir(links_dir) else {
         return Vec::new();
     };
     rd.filter_map(Result::ok)
         .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let (iface, mode) = name.rsplit_once('@')?;
-            Some((iface.to_string(), mode.to_string(), e.path()))
+            let (iface, mode) = parse_link_pin_name(e.file_name().to_str()?)?;
+            Some((iface, mode, e.path()))
         })
         .collect()
 }
@@ -293,20 +345,27 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
         })?;
         let program = datapath.program_mut()?;
         if let Some((_, mode, path)) = pinned.iter().find(|(i, _, _)| i == iface) {
-            // Adopt: swap the new program into the pinned link in place.
-            match PinnedLink::from_pin(path) {
-                Ok(pl) => {
-                    let fd_link: FdLink = pl.into();
-                    let link = XdpLink::try_from(fd_link).map_err(|e| {
-                        LoadError::Link(format!("pinned link {}: {e}", path.display()))
-                    })?;
-                    program
-                        .attach_to_link(link)
-                        .map_err(|source| LoadError::Attach {
-                            iface: iface.clone(),
-                            mode: "adopted",
-                            source,
-                        })?;
+            // Adopt only a link still on this interface (not one severed by the interface
+            // going away and coming back under the same name) in the mode asked for.
+            let on_iface = crate::xdp_link::link_ifindex(path).ok().flatten() == Some(ifindex);
+            let mode_ok = match opts.mode {
+                AttachMode::Auto => true,
+                AttachMode::Native => mode == "native",
+                AttachMode::Generic => mode == "generic",
+            };
+            let adopted = if on_iface && mode_ok {
+                // Swap the new program into the pinned link in place: no gap.
+                PinnedLink::from_pin(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|pl| XdpLink::try_from(FdLink::from(pl)).map_err(|e| e.to_string()))
+                    .and_then(|link| program.attach_to_link(link).map_err(|e| e.to_string()))
+            } else if !on_iface {
+                Err(format!("it is no longer on {iface} (ifindex {ifindex})"))
+            } else {
+                Err(format!("it is in {mode} mode"))
+            };
+            match adopted {
+                Ok(_) => {
                     attachments.push(Attachment {
                         iface: iface.clone(),
                         ifindex,
@@ -315,12 +374,12 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
                     });
                     continue;
                 }
-                Err(e) => {
+                Err(why) => {
                     log::warn!(
-                        "pinned link {} is unusable ({e}); attaching afresh",
+                        "not adopting the pinned link {} ({why}); attaching afresh",
                         path.display()
                     );
-                    let _ = fs::remove_file(path);
+                    fs::remove_file(path).map_err(io_err("remove", path))?;
                 }
             }
         }
@@ -357,7 +416,7 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
                 "{iface}: the kernel attached without a BPF link ({e}); cannot pin it"
             ))
         })?;
-        let path = links_dir.join(format!("{iface}@{label}"));
+        let path = links_dir.join(link_pin_name(iface, label));
         fd_link
             .pin(&path)
             .map_err(|e| LoadError::Link(format!("pinning {}: {e}", path.display())))?;
@@ -483,6 +542,9 @@ impl KernelDatapath {
                 lists_gen: 0,
                 ..current
             };
+            // Continue the adopted generation: the pinned tracker holds verdicts cached under
+            // every generation up to it.
+            dp.lists_gen = current.lists_gen + 1;
             for bit in [
                 FLAG_HAS_ALLOW_V4,
                 FLAG_HAS_ALLOW_V6,
@@ -493,6 +555,26 @@ impl KernelDatapath {
                     dp.hints |= bit;
                 }
             }
+            // The adopted entries' longest prefixes decide whether the verdict cache may be on.
+            let longest = |keys: &mut dyn Iterator<Item = u32>| keys.max().unwrap_or(0) as u8;
+            dp.max_prefix = [
+                longest(
+                    &mut dp
+                        .allow_v4
+                        .keys()
+                        .chain(dp.deny_v4.keys())
+                        .filter_map(Result::ok)
+                        .map(|k| k.prefix_len()),
+                ),
+                longest(
+                    &mut dp
+                        .allow_v6
+                        .keys()
+                        .chain(dp.deny_v6.keys())
+                        .filter_map(Result::ok)
+                        .map(|k| k.prefix_len()),
+                ),
+            ];
             dp.write_config()
                 .map_err(|e| LoadError::Link(e.to_string()))?;
             Ok(dp)
@@ -563,6 +645,11 @@ impl KernelDatapath {
         cidr: &Cidr,
         entry: ListEntry,
     ) -> Result<(), DatapathError> {
+        // The program needs each entry's own prefix to look past it once it expires.
+        let entry = ListEntry {
+            prefix_len: u32::from(cidr.prefix()),
+            ..entry
+        };
         match (list, v4_key(cidr), v6_key(cidr)) {
             (List::Allow, Some(k), _) => self
                 .allow_v4
@@ -817,6 +904,16 @@ impl Datapath for KernelDatapath {
         self.forget_source(key)
     }
 
+    fn ban_expire(&mut self, key: &SourceKey, now_ns: u64) -> Result<bool, DatapathError> {
+        // The program replaces an expired ban when it bans again, so check it still is one.
+        match self.bans.get(key, 0) {
+            Ok(ban) if ban.expires_ns <= now_ns => {
+                absent_ok(self.bans.remove(key), map_names::BANS)
+            }
+            _ => Ok(false),
+        }
+    }
+
     fn ban_remove(&mut self, key: &SourceKey) -> Result<bool, DatapathError> {
         let removed = absent_ok(self.bans.remove(key), map_names::BANS)?;
         self.forget_source(key)?;
@@ -844,5 +941,27 @@ impl Datapath for KernelDatapath {
     fn sources(&self) -> Result<Vec<(SourceKey, SourceState)>, DatapathError> {
         // The LRU may evict entries while we walk it; a vanished key is simply skipped.
         Ok(self.sources.iter().filter_map(Result::ok).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_survive_dots_percents_and_ats() {
+        for iface in ["eth0", "eth0.100", "bond0.7@x", "a%2Eb", "veth-1_2"] {
+            let name = link_pin_name(iface, "native");
+            assert!(
+                !name[..name.rfind('@').unwrap()].contains(['.', '@']),
+                "{name}"
+            );
+            assert_eq!(
+                parse_link_pin_name(&name),
+                Some((iface.to_string(), "native".to_string()))
+            );
+        }
+        assert_eq!(parse_link_pin_name("noat"), None);
+        assert_eq!(parse_link_pin_name("bad%zz@native"), None);
     }
 }

@@ -6,7 +6,7 @@
 //! a new index. Either way the program no longer sees that interface's packets.
 use std::{
     ffi::CString,
-    fs, io,
+    io,
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
         unix::ffi::OsStrExt,
@@ -44,15 +44,9 @@ impl LinkState {
 
 /// The pin of `iface`'s link under `pin_dir` (`<pin_dir>/v<N>/links/<iface>@<mode>`).
 pub fn link_pin(pin_dir: &Path, iface: &str) -> Option<PathBuf> {
-    let links = versioned_dir(pin_dir).join("links");
-    fs::read_dir(links)
-        .ok()?
-        .filter_map(Result::ok)
-        .find_map(|e| {
-            let name = e.file_name();
-            let (i, _mode) = name.to_str()?.rsplit_once('@')?;
-            (i == iface).then(|| e.path())
-        })
+    crate::ebpf::link_pins(&versioned_dir(pin_dir).join("links"))
+        .into_iter()
+        .find_map(|(i, _, path)| (i == iface).then_some(path))
 }
 
 /// Is the program attached to `iface` (in this network namespace) through its pinned link?
@@ -92,7 +86,7 @@ fn if_index(iface: &str) -> Option<u32> {
 }
 
 /// The interface index of the XDP link pinned at `pin`; `None` if it is another kind of link.
-fn link_ifindex(pin: &Path) -> io::Result<Option<u32>> {
+pub(crate) fn link_ifindex(pin: &Path) -> io::Result<Option<u32>> {
     let path = CString::new(pin.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the pin path"))?;
     // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags. The rest stays zero,
@@ -149,12 +143,12 @@ mod tests {
     fn a_pin_that_is_not_a_bpf_object_is_not_attached() {
         let dir = std::env::temp_dir().join(format!("guard-xdp-link-{}", std::process::id()));
         let links = versioned_dir(&dir).join("links");
-        fs::create_dir_all(&links).unwrap();
-        fs::write(links.join("lo@generic"), b"").unwrap();
+        std::fs::create_dir_all(&links).unwrap();
+        std::fs::write(links.join("lo@generic"), b"").unwrap();
         let s = check(&dir, "lo");
         assert!(!s.attached);
         assert!(s.detail.starts_with("cannot read the link"), "{}", s.detail);
         assert!(!check(&dir, "nosuchif0").attached);
-        let _ = fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -90,9 +90,7 @@ fn table() -> Vec<Fixture> {
             setup: |k| {
                 // A second in the past: the program's clock is CLOCK_MONOTONIC at jiffy
                 // resolution.
-                let entry = ListEntry {
-                    expires_ns: k.now_ns() - 1_000_000_000,
-                };
+                let entry = ListEntry::expiring(k.now_ns() - 1_000_000_000);
                 k.list_insert(List::Deny, &"198.18.7.0/24".parse().unwrap(), entry)
                     .unwrap();
             },
@@ -764,9 +762,7 @@ fn a_cached_deny_lapses_when_its_entry_expires() {
     let Some(mut k) = kernel_or_skip("cache_expiry") else {
         return;
     };
-    let entry = ListEntry {
-        expires_ns: k.now_ns() + 200_000_000,
-    };
+    let entry = ListEntry::expiring(k.now_ns() + 200_000_000);
     k.list_insert(List::Deny, &"198.18.8.0/24".parse().unwrap(), entry)
         .unwrap();
     let p = Builder::v4("198.18.8.9").build();
@@ -821,4 +817,161 @@ fn a_batch_import_applies_to_sources_whose_verdict_was_cached() {
         .unwrap();
     assert_eq!(k.test_run(&p).unwrap(), XDP_DROP);
     assert_eq!(k.list_entries(List::Deny).unwrap().len(), 256);
+}
+
+#[test]
+fn an_ipv4_mapped_ipv6_source_never_shares_an_ipv4_sources_state() {
+    let Some(mut k) = kernel_or_skip("v4_mapped") else {
+        return;
+    };
+    // With /128 tracking, ::ffff:a.b.c.d would otherwise be the IPv4 source's own key.
+    k.set_config(&Config {
+        v6_prefix_len: 128,
+        ..limits(1, 1, 0, 0, 60)
+    })
+    .unwrap();
+    deny(&mut k, "198.18.7.0/24");
+    allow(&mut k, "198.18.5.1");
+    let mapped_denied = Builder::v6("::ffff:198.18.7.9").build();
+    let mapped_allowed = Builder::v6("::ffff:198.18.5.1").build();
+    for p in [
+        &mapped_denied,
+        &mapped_allowed,
+        &mapped_allowed,
+        &mapped_allowed,
+    ] {
+        assert_eq!(
+            k.test_run(p).unwrap(),
+            XDP_PASS,
+            "malformed: passes, untracked"
+        );
+    }
+    assert_eq!(
+        k.test_run(&Builder::v4("198.18.7.9").build()).unwrap(),
+        XDP_DROP
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            k.test_run(&Builder::v4("198.18.5.1").build()).unwrap(),
+            XDP_PASS
+        );
+    }
+    assert!(k.sources().unwrap().is_empty() || k.bans().unwrap().is_empty());
+    assert_eq!(totals(&k).packets[reason::MALFORMED], 4);
+}
+
+#[test]
+fn an_expired_narrower_entry_does_not_hide_a_live_wider_one() {
+    let Some(mut k) = kernel_or_skip("nested_expiry") else {
+        return;
+    };
+    let past = ListEntry::expiring(k.now_ns() - 1_000_000_000);
+    deny(&mut k, "198.18.0.0/16");
+    k.list_insert(List::Deny, &"198.18.7.0/24".parse().unwrap(), past)
+        .unwrap();
+    k.list_insert(List::Deny, &"198.18.7.9/32".parse().unwrap(), past)
+        .unwrap();
+    assert_eq!(
+        k.test_run(&Builder::v4("198.18.7.9").build()).unwrap(),
+        XDP_DROP
+    );
+    allow(&mut k, "198.19.0.0/16");
+    k.list_insert(List::Allow, &"198.19.7.0/24".parse().unwrap(), past)
+        .unwrap();
+    deny(&mut k, "198.19.7.9");
+    assert_eq!(
+        k.test_run(&Builder::v4("198.19.7.9").build()).unwrap(),
+        XDP_PASS,
+        "the live allow /16 behind an expired allow /24 still wins"
+    );
+}
+
+#[test]
+fn a_source_that_floods_again_after_its_ban_is_banned_again_over_the_stale_entry() {
+    let Some(mut k) = kernel_or_skip("reban") else {
+        return;
+    };
+    k.set_config(&limits(1, 1, 0, 0, 1)).unwrap();
+    let p = Builder::v4("198.18.6.1").build();
+    assert_eq!(run_n(&mut k, &p, 2), [XDP_PASS, XDP_DROP]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // The ban expired but is still in the map (no sweep ran); the bucket refilled one token.
+    assert_eq!(run_n(&mut k, &p, 2), [XDP_PASS, XDP_DROP]);
+    let bans = k.bans().unwrap();
+    assert_eq!(bans.len(), 1);
+    assert!(
+        bans[0].1.expires_ns > k.now_ns(),
+        "the new ban replaced the stale one"
+    );
+    assert_eq!(k.take_events().len(), 2, "both bans were reported");
+    // The daemon's sweep leaves a live ban alone.
+    assert!(!k.ban_expire(&bans[0].0, k.now_ns()).unwrap());
+    assert_eq!(k.test_run(&p).unwrap(), XDP_DROP);
+}
+
+#[test]
+fn a_syn_hidden_past_the_extension_header_walk_or_a_tiny_fragment_is_charged_as_a_syn() {
+    let Some(mut k) = kernel_or_skip("hidden_syn") else {
+        return;
+    };
+    k.set_config(&limits(0, 0, 1, 1, 0)).unwrap();
+    let mut deep = Builder::v6("fd00:b::1");
+    for _ in 0..8 {
+        deep = deep.ext(60);
+    }
+    let deep = deep.tcp(TCP_SYN).build();
+    assert_eq!(run_n(&mut k, &deep, 2), [XDP_PASS, XDP_DROP]);
+    // A first fragment that cuts the TCP header short (RFC 1858).
+    let mut tiny = Builder::v4("198.18.12.1").tcp(TCP_SYN).fragment(0).build();
+    tiny.truncate(14 + 20 + 8);
+    assert_eq!(run_n(&mut k, &tiny, 2), [XDP_PASS, XDP_DROP]);
+    assert_eq!(totals(&k).packets[reason::SYN_LIMITED], 2);
+}
+
+#[test]
+fn the_lists_generation_carries_over_when_a_new_load_adopts_the_pinned_maps() {
+    let Some(_) = kernel_or_skip("gen_adopt") else {
+        return;
+    };
+    guard::ebpf::ensure_bpffs().unwrap();
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/guard-test-fixture-{}",
+        std::process::id()
+    ));
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let p = Builder::v4("198.18.13.13").build();
+    let mut first = guard::ebpf::load(Some(&dir)).unwrap();
+    deny(&mut first, "fd00:1::5/128");
+    deny(&mut first, "198.18.13.13");
+    assert_eq!(first.test_run(&p).unwrap(), XDP_DROP);
+    assert!(
+        first
+            .list_remove(List::Deny, &"198.18.13.13/32".parse().unwrap())
+            .unwrap()
+    );
+    assert_eq!(first.test_run(&p).unwrap(), XDP_PASS, "cached: in no list");
+    drop(first);
+    let mut second = guard::ebpf::load(Some(&dir)).unwrap();
+    allow(&mut second, "198.18.200.0/24");
+    deny(&mut second, "198.18.13.13");
+    assert_eq!(
+        second.test_run(&p).unwrap(),
+        XDP_DROP,
+        "no stale cached verdict"
+    );
+    // The adopted /128 still keeps the IPv6 verdict cache off (sources are tracked per /64).
+    assert_eq!(
+        second.test_run(&Builder::v6("fd00:1::6").build()).unwrap(),
+        XDP_PASS
+    );
+    assert_eq!(
+        second.test_run(&Builder::v6("fd00:1::5").build()).unwrap(),
+        XDP_DROP
+    );
 }

@@ -219,3 +219,144 @@ fn attaching_to_a_missing_interface_is_a_clear_error() {
     assert_eq!(err.as_deref(), Some("interface \"gnone0\" does not exist"));
     let _ = (&b.atk, &b.leg);
 }
+
+#[test]
+fn an_interface_with_a_dot_in_its_name_is_protected_and_adopted() {
+    if !live_or_skip("live dotted iface") {
+        return;
+    }
+    let mut b = bed();
+    // VLAN interfaces are usually named like eth0.100; bpffs refuses dots in pin names.
+    let dotted = format!("{}.9", &b.ifaces[0][..b.ifaces[0].len().min(12)]);
+    support::netns::sh(&[
+        "ip",
+        "-n",
+        &b.srv,
+        "link",
+        "set",
+        &b.ifaces[0],
+        "name",
+        &dotted,
+    ]);
+    b.ifaces[0] = dotted.clone();
+    let mut first = start_in(&b, AttachMode::Auto);
+    deny(&mut first.datapath, "198.18.1.2");
+    drop(first);
+    let second = start_in(&b, AttachMode::Auto);
+    let a = second
+        .attachments
+        .iter()
+        .find(|a| a.iface == dotted)
+        .unwrap();
+    assert!(a.adopted, "{:?}", second.attachments);
+    assert_eq!(exchange(&b, 100), (0, 100));
+}
+
+#[test]
+fn a_pinned_link_on_a_recreated_interface_is_replaced_not_adopted() {
+    if !live_or_skip("live recreated iface") {
+        return;
+    }
+    let b = bed();
+    let mut first = start_in(&b, AttachMode::Generic);
+    deny(&mut first.datapath, "198.18.1.2");
+    drop(first);
+    // The attacker-facing interface goes away and comes back under the same name.
+    support::netns::sh(&["ip", "-n", &b.srv, "link", "del", &b.ifaces[0]]);
+    let peer = format!("{}b", &b.ifaces[0][..b.ifaces[0].len() - 1]);
+    support::netns::sh(&[
+        "ip",
+        "link",
+        "add",
+        &b.ifaces[0],
+        "netns",
+        &b.srv,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &peer,
+        "netns",
+        &b.atk,
+    ]);
+    for (ns, dev, addr) in [(&b.srv, &b.ifaces[0], SRV_ATK), (&b.atk, &peer, ATK)] {
+        support::netns::sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            dev,
+        ]);
+        support::netns::sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+    }
+    support::netns::warm_up(&b.atk, SRV_ATK);
+    let second = start_in(&b, AttachMode::Generic);
+    let a = second
+        .attachments
+        .iter()
+        .find(|a| a.iface == b.ifaces[0])
+        .unwrap();
+    assert!(
+        !a.adopted,
+        "a severed link is not adopted: {:?}",
+        second.attachments
+    );
+    let other = second
+        .attachments
+        .iter()
+        .find(|a| a.iface == b.ifaces[1])
+        .unwrap();
+    assert!(other.adopted);
+    assert_eq!(
+        exchange(&b, 100),
+        (0, 100),
+        "the deny list still applies on the new interface"
+    );
+}
+
+#[test]
+fn pinned_state_of_an_incompatible_layout_is_replaced_cleanly() {
+    if !live_or_skip("live incompatible pins") {
+        return;
+    }
+    let b = bed();
+    // A map pinned where the config map goes, with another value size (as an older layout).
+    let maps = b.tb.pin_dir.join("v1/maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    let stale = maps.join("GUARD_CONFIG");
+    support::netns::sh(&[
+        "bpftool",
+        "map",
+        "create",
+        stale.to_str().unwrap(),
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "8",
+        "entries",
+        "1",
+        "name",
+        "GUARD_CONFIG",
+    ]);
+    let mut loaded = start_in(&b, AttachMode::Auto);
+    deny(&mut loaded.datapath, "198.18.1.2");
+    assert_eq!(exchange(&b, 100), (0, 100));
+    let info = support::netns::sh(&[
+        "bpftool",
+        "-j",
+        "map",
+        "show",
+        "pinned",
+        stale.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        text.contains("\"bytes_value\":80"),
+        "the pin holds the new layout: {text}"
+    );
+}
