@@ -633,7 +633,12 @@ impl Settings {
                     dry_run: _,
                     pin_dir,
                 },
-            limits: _,
+            limits:
+                Limits {
+                    ipv4_prefix,
+                    ipv6_prefix,
+                    ..
+                },
             control: ControlSettings { socket },
             state: StateSettings { dir },
             // Applied by a reload: new listeners are bound before the old ones close.
@@ -654,6 +659,12 @@ impl Settings {
         }
         if *dir != new.state.dir {
             out.push("state.dir");
+        }
+        if *ipv4_prefix != new.limits.ipv4_prefix {
+            out.push("limits.ipv4_prefix");
+        }
+        if *ipv6_prefix != new.limits.ipv6_prefix {
+            out.push("limits.ipv6_prefix");
         }
         out
     }

@@ -1074,7 +1074,13 @@ impl<D: Datapath> Control<D> {
         let restart_needed = self.settings.restart_needed_for(&new);
         let mut next = self.settings.clone();
         next.source = new.source;
-        next.limits = new.limits;
+        // The tracking prefixes shape the keys of every tracked source and ban: changing them
+        // live would orphan the bans made under the old ones. They wait for a restart.
+        next.limits = crate::config::Limits {
+            ipv4_prefix: self.settings.limits.ipv4_prefix,
+            ipv6_prefix: self.settings.limits.ipv6_prefix,
+            ..new.limits
+        };
         next.datapath.dry_run = new.datapath.dry_run;
         self.dp.set_config(&next.kernel_config())?;
         self.settings = next;
@@ -1933,6 +1939,11 @@ mod tests {
         new.datapath.interfaces = vec!["eth7".into()];
         let report = c.apply_settings(new).unwrap();
         assert_eq!(report.restart_needed, ["datapath.interfaces"]);
+        let mut narrower = c.settings.clone();
+        narrower.limits.ipv6_prefix = 56;
+        let report = c.apply_settings(narrower).unwrap();
+        assert_eq!(report.restart_needed, ["limits.ipv6_prefix"]);
+        assert_eq!(c.settings.limits.ipv6_prefix, 64, "kept until a restart");
         assert_eq!(c.datapath().config.pps, 5);
         assert_eq!(c.datapath().config.flags, guard_common::FLAG_DRY_RUN);
         assert!(c.settings().datapath.interfaces.is_empty());
