@@ -151,6 +151,12 @@ mod program {
         }
     }
 
+    /// The program's license, as the kernel reads it from the object: the project's MIT or
+    /// Apache-2.0, declared GPL-compatible ("Dual MIT/GPL") for the helpers it calls.
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "license")]
+    pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
         loop {}

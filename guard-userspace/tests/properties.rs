@@ -31,8 +31,29 @@ fn hostile() -> Option<KernelDatapath> {
     Some(k)
 }
 
+/// The same, tracking IPv4 per /24 and IPv6 per /128 (the widest and narrowest keys).
+fn hostile_other_prefixes() -> Option<KernelDatapath> {
+    let mut k = hostile()?;
+    k.set_config(&guard_common::Config {
+        v4_prefix_len: 24,
+        v6_prefix_len: 128,
+        ..limits(1, 1, 1, 1, 60)
+    })
+    .unwrap();
+    Some(k)
+}
+
 thread_local! {
     static KERNEL: RefCell<Option<KernelDatapath>> = RefCell::new(hostile());
+    static KERNEL_OTHER: RefCell<Option<KernelDatapath>> = RefCell::new(hostile_other_prefixes());
+}
+
+fn run_other(packet: &[u8]) -> Option<u32> {
+    KERNEL_OTHER.with(|k| {
+        k.borrow_mut()
+            .as_mut()
+            .map(|k| k.test_run(packet).expect("test run"))
+    })
 }
 
 fn run(packet: &[u8]) -> Option<u32> {
@@ -117,6 +138,30 @@ proptest! {
         p.truncate(len);
         if let Some(v) = run(&p) {
             prop_assert_eq!(v, XDP_PASS, "allow-listed packet dropped: {:02x?}", p);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn no_ipv6_source_can_spend_an_allow_listed_ipv4_sources_state(
+        host in any::<u16>(),
+        v6_first in 0usize..6,
+    ) {
+        let v4 = format!("198.18.{}.{}", host >> 8, host & 0xff);
+        // Its IPv4-mapped twin, and an IPv6 neighbour, flood first under 1 pps limits.
+        for src in [format!("::ffff:{v4}"), format!("fd01::{host:x}")] {
+            let p = Builder::v6(&src).build();
+            for _ in 0..v6_first {
+                if let Some(v) = run_other(&p) {
+                    prop_assert!(v == XDP_PASS || v == XDP_DROP);
+                }
+            }
+        }
+        if let Some(v) = run_other(&Builder::v4(&v4).build()) {
+            prop_assert_eq!(v, XDP_PASS, "allow-listed {} dropped", v4);
         }
     }
 }
