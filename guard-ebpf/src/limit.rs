@@ -9,7 +9,7 @@ use crate::maps::{BANS, EVENTS, SOURCES};
 /// The ban expiry `BANS` holds for `key`, or 0. An expired ban is removed here, so the
 /// source passes at once rather than waiting for the daemon's sweep.
 #[inline(always)]
-fn ban_expiry(key: &SourceKey, now: u64) -> u64 {
+pub fn ban_expiry(key: &SourceKey, now: u64) -> u64 {
     match BANS.get_ptr(key) {
         // SAFETY: a pointer from a map lookup is valid for this program run; Ban is Copy.
         Some(ban) => {
@@ -32,7 +32,7 @@ pub fn lookup(key: &SourceKey) -> Option<*mut SourceState> {
 }
 
 /// Starts tracking `key` (its first packet, or its first since the LRU evicted it): a full
-/// bucket, any ban `BANS` holds for it, and its list verdict `listed` (cached under
+/// bucket, any ban `BANS` holds for it (unless it is listed), and its list verdict `listed` (cached under
 /// `cfg.lists_gen` until `list_expires`). `Err` only if the tracker cannot hold it even
 /// after an insert; the error says whether `BANS` bans it.
 #[inline(always)]
@@ -46,7 +46,12 @@ pub fn track(
     let fresh = SourceState {
         pkt: full_bucket(now, cfg.burst),
         syn: full_bucket(now, cfg.syn_burst),
-        banned_until_ns: ban_expiry(key, now),
+        // A listed source's ban does not matter (the lists win); it is read if it leaves them.
+        banned_until_ns: if listed == reason::PASSED {
+            ban_expiry(key, now)
+        } else {
+            0
+        },
         list_gen: cfg.lists_gen,
         list_expires_ns: list_expires,
         list_verdict: listed as u32,

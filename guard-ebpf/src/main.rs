@@ -97,36 +97,37 @@ mod program {
                 // SAFETY: a pointer from a map lookup is valid for this program run. Other
                 // CPUs may update the same entry: the race loses increments, never safety.
                 let s = unsafe { &mut *s };
-                let listed = if cacheable {
-                    // One tracker lookup instead of two trie lookups while the lists are
-                    // unchanged (same generation; 0 is never current) and the deciding
-                    // entry has not expired.
-                    let fresh = s.list_gen != 0
-                        && s.list_gen == cfg.lists_gen
-                        && (s.list_expires_ns == 0 || s.list_expires_ns > now);
-                    if !fresh {
-                        let (listed, expires) = lists::verdict(&pkt.src, cfg.flags, now);
-                        s.list_verdict = listed as u32;
-                        s.list_expires_ns = expires;
-                        s.list_gen = cfg.lists_gen;
+                // One tracker lookup instead of two trie lookups while the lists are unchanged
+                // (same generation; 0 is never current) and the deciding entry has not
+                // expired. Without the cache the lists are looked up every time.
+                let fresh = cacheable
+                    && s.list_gen != 0
+                    && s.list_gen == cfg.lists_gen
+                    && (s.list_expires_ns == 0 || s.list_expires_ns > now);
+                if !fresh {
+                    let (listed, expires) = lists::verdict(&pkt.src, cfg.flags, now);
+                    if listed == reason::PASSED && s.list_verdict as usize != reason::PASSED {
+                        // Tracked while listed, so its ban was never read: read it now.
+                        s.banned_until_ns = limit::ban_expiry(&key, now);
                     }
-                    s.list_verdict as usize
-                } else {
-                    lists::verdict(&pkt.src, cfg.flags, now).0
-                };
+                    s.list_verdict = listed as u32;
+                    s.list_expires_ns = expires;
+                    s.list_gen = cfg.lists_gen;
+                }
+                let listed = s.list_verdict as usize;
                 (s, listed)
             }
             None => {
-                // Not tracked: the lists first, and a listed source is not tracked, so a
-                // flood from a denied range costs the trie lookups and nothing more.
+                // Not tracked yet: look the lists up once and track the source with its
+                // verdict, so that its later packets cost one lookup whatever the verdict.
+                // (A flood of spoofed sources from a denied range churns the tracker: evicted
+                // sources restart with full buckets, and bans live on in BANS.)
                 let (listed, expires) = lists::verdict(&pkt.src, cfg.flags, now);
-                if listed != reason::PASSED {
-                    return listed;
-                }
                 match limit::track(&key, cfg, now, listed, expires) {
                     // SAFETY: as above.
                     Ok(s) => (unsafe { &mut *s }, listed),
-                    // Untrackable (never expected of an LRU): any ban still holds.
+                    // Untrackable (never expected of an LRU): the lists, then any ban, hold.
+                    Err(_) if listed != reason::PASSED => return listed,
                     Err(true) => return reason::BANNED,
                     Err(false) => return reason::PASSED,
                 }

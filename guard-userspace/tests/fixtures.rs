@@ -975,3 +975,31 @@ fn the_lists_generation_carries_over_when_a_new_load_adopts_the_pinned_maps() {
         XDP_DROP
     );
 }
+
+#[test]
+fn a_ban_still_holds_when_its_source_leaves_the_deny_list() {
+    let Some(mut k) = kernel_or_skip("ban_after_deny") else {
+        return;
+    };
+    deny(&mut k, "198.18.14.0/24");
+    let now = k.now_ns();
+    let ban = Ban {
+        expires_ns: now + 60_000_000_000,
+        since_ns: now,
+        reason: reason::RATE_LIMITED as u32,
+        _pad: 0,
+    };
+    k.ban_insert(&source_key_v4([198, 18, 14, 1], 32), &ban)
+        .unwrap();
+    let p = Builder::v4("198.18.14.1").build();
+    // Tracked while denied: the deny list wins, and its ban is not read yet.
+    assert_eq!(run_n(&mut k, &p, 2), [XDP_DROP, XDP_DROP]);
+    assert!(
+        k.list_remove(List::Deny, &"198.18.14.0/24".parse().unwrap())
+            .unwrap()
+    );
+    assert_eq!(k.test_run(&p).unwrap(), XDP_DROP, "still banned");
+    let c = totals(&k);
+    assert_eq!(c.packets[reason::DENIED], 2);
+    assert_eq!(c.packets[reason::BANNED], 1);
+}
