@@ -44,6 +44,17 @@ struct Fixture {
 
 fn no_setup(_: &mut KernelDatapath) {}
 
+/// A rate-limit ban from now for `ns` nanoseconds.
+fn ban_for(k: &KernelDatapath, ns: u64) -> Ban {
+    let now = k.now_ns();
+    Ban {
+        expires_ns: now + ns,
+        since_ns: now,
+        reason: reason::RATE_LIMITED as u32,
+        _pad: 0,
+    }
+}
+
 fn table() -> Vec<Fixture> {
     vec![
         Fixture {
@@ -239,13 +250,7 @@ fn table() -> Vec<Fixture> {
             description: "a banned source drops",
             packet: Builder::v4("198.18.7.9").build(),
             setup: |k| {
-                let now = k.now_ns();
-                let ban = Ban {
-                    expires_ns: now + 60_000_000_000,
-                    since_ns: now,
-                    reason: reason::RATE_LIMITED as u32,
-                    _pad: 0,
-                };
+                let ban = ban_for(k, 60_000_000_000);
                 k.ban_insert(&source_key_v4([198, 18, 7, 9], 32), &ban)
                     .unwrap();
             },
@@ -257,13 +262,7 @@ fn table() -> Vec<Fixture> {
             packet: Builder::v4("198.18.7.9").build(),
             setup: |k| {
                 allow(k, "198.18.7.9");
-                let now = k.now_ns();
-                let ban = Ban {
-                    expires_ns: now + 60_000_000_000,
-                    since_ns: now,
-                    reason: reason::RATE_LIMITED as u32,
-                    _pad: 0,
-                };
+                let ban = ban_for(k, 60_000_000_000);
                 k.ban_insert(&source_key_v4([198, 18, 7, 9], 32), &ban)
                     .unwrap();
             },
@@ -658,13 +657,7 @@ fn a_ban_inserted_by_userspace_applies_to_a_source_already_tracked() {
     };
     let p = Builder::v4("198.18.5.8").build();
     assert_eq!(k.test_run(&p).unwrap(), XDP_PASS);
-    let now = k.now_ns();
-    let ban = Ban {
-        expires_ns: now + 60_000_000_000,
-        since_ns: now,
-        reason: reason::RATE_LIMITED as u32,
-        _pad: 0,
-    };
+    let ban = ban_for(&k, 60_000_000_000);
     k.ban_insert(&source_key_v4([198, 18, 5, 8], 32), &ban)
         .unwrap();
     assert_eq!(k.test_run(&p).unwrap(), XDP_DROP);
@@ -982,13 +975,7 @@ fn a_ban_still_holds_when_its_source_leaves_the_deny_list() {
         return;
     };
     deny(&mut k, "198.18.14.0/24");
-    let now = k.now_ns();
-    let ban = Ban {
-        expires_ns: now + 60_000_000_000,
-        since_ns: now,
-        reason: reason::RATE_LIMITED as u32,
-        _pad: 0,
-    };
+    let ban = ban_for(&k, 60_000_000_000);
     k.ban_insert(&source_key_v4([198, 18, 14, 1], 32), &ban)
         .unwrap();
     let p = Builder::v4("198.18.14.1").build();

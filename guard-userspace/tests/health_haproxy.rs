@@ -1,17 +1,14 @@
 //! The agent-check lines against a real HAProxy (Debian's 2.6), all on loopback: each health
 //! state moves the server as the agent module documents, read back through the stats socket.
 //! Skips, saying why, when no `haproxy` binary is installed.
+mod support;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -20,46 +17,6 @@ use guard::{
     health::{HealthReport, Status},
     http_server::{Handlers, HttpServer},
 };
-
-/// A TCP backend that accepts and closes, so HAProxy's regular `check` passes.
-struct Backend {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Backend {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stopping.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((s, _)) => drop(s),
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// HAProxy in the foreground, killed (by its own pid) on drop.
 struct Haproxy {
@@ -209,7 +166,10 @@ fn haproxy_follows_every_agent_line() {
         },
     )
     .expect("bind http");
-    let backend = Backend::start();
+    let backend = support::Acceptor::spawn(
+        TcpListener::bind("127.0.0.1:0").expect("bind loopback"),
+        Duration::from_secs(120),
+    );
     let haproxy = Haproxy::start(backend.addr, agent.local_addr(), http.local_addr());
     let sock = haproxy.socket();
 

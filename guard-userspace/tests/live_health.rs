@@ -10,11 +10,6 @@ use std::{
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -41,46 +36,6 @@ fn lowered(check: &str) -> String {
     config("", check).replace("warn_at = 99\n", "warn_at = 1\n")
 }
 
-/// A TCP service that accepts and closes: the application behind the host.
-struct Service {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Service {
-    fn start(ns: &str, addr: &str) -> Self {
-        let addr: SocketAddr = addr.parse().unwrap();
-        let listener = in_netns(ns, move || {
-            TcpListener::bind(addr).expect("bind the service")
-        });
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while !stopping.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((s, _)) => drop(s),
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A server namespace with the guard on its link to a peer namespace.
 struct Bed {
     tb: Testbed,
@@ -89,7 +44,7 @@ struct Bed {
     iface: String,
     srv_addr: String,
     config: PathBuf,
-    _service: Service,
+    _service: support::Acceptor,
 }
 
 impl Bed {
@@ -107,7 +62,13 @@ impl Bed {
             &format!("{peer_addr}/24"),
         );
         warm_up(&peer, &srv_addr);
-        let service = Service::start(&srv, &format!("{srv_addr}:8080"));
+        let service_addr: SocketAddr = format!("{srv_addr}:8080").parse().unwrap();
+        let service = support::Acceptor::spawn(
+            in_netns(&srv, move || {
+                TcpListener::bind(service_addr).expect("bind the service")
+            }),
+            Duration::from_secs(300),
+        );
         let config = tb.tmp.join("guard.toml");
         Self {
             tb,

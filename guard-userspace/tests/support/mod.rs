@@ -62,3 +62,44 @@ pub fn limits(pps: u64, burst: u64, syn_pps: u64, syn_burst: u64, ban_secs: u64)
         ..Config::default()
     }
 }
+
+/// A TCP service that accepts connections and closes them at once (the application behind a
+/// host, or a backend for a load balancer), until dropped or `max` passes.
+pub struct Acceptor {
+    pub addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Acceptor {
+    pub fn spawn(listener: std::net::TcpListener, max: std::time::Duration) -> Self {
+        use std::sync::atomic::Ordering;
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("local address");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + max;
+            while !stopping.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((s, _)) => drop(s),
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+        });
+        Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
