@@ -742,14 +742,34 @@ impl<D: Datapath> Control<D> {
         let now_ns = self.dp.now_ns();
         let limits = self.settings.limits;
         let mut removed = Vec::new();
+        let overlaps = |key: &SourceKey| {
+            let ban_net = key_cidr(key, &limits);
+            cidr.contains(ban_net.addr()) || ban_net.contains(cidr.addr())
+        };
+        let mut lifted = HashSet::new();
         for (key, ban) in self.dp.bans()? {
-            let ban_net = key_cidr(&key, &limits);
-            let overlaps = cidr.contains(ban_net.addr()) || ban_net.contains(cidr.addr());
-            if overlaps && self.dp.ban_remove(&key)? {
+            if overlaps(&key) && self.dp.ban_remove(&key)? {
+                lifted.insert(key);
                 self.bans.remove(&key);
                 if ban.expires_ns > now_ns {
                     removed.push(self.ban_info(&key, &ban, now_unix, now_ns));
                 }
+            }
+        }
+        // A ban the data plane could not record in its full bans map lives only in the
+        // source's tracker entry: lift those too (ban_remove forgets the entry).
+        for (key, state) in self.dp.sources()? {
+            if state.banned_until_ns > now_ns && !lifted.contains(&key) && overlaps(&key) {
+                self.dp.ban_remove(&key)?;
+                let ban = Ban {
+                    expires_ns: state.banned_until_ns,
+                    since_ns: now_ns,
+                    reason: guard_common::reason::RATE_LIMITED as u32,
+                    _pad: 0,
+                };
+                let mut info = self.ban_info(&key, &ban, now_unix, now_ns);
+                info.reason = "tracker only (bans map full)".into();
+                removed.push(info);
             }
         }
         if removed.is_empty() {
@@ -1371,6 +1391,8 @@ pub mod testing {
         }
 
         fn ban_remove(&mut self, key: &SourceKey) -> Result<bool, DatapathError> {
+            // As the kernel datapath: lifting a ban also forgets the tracker entry.
+            self.sources.remove(key);
             Ok(self.bans.remove(key).is_some())
         }
 
@@ -1882,6 +1904,30 @@ mod tests {
         assert_eq!(f.saved().bans.len(), 1);
         let e = c.unban(cidr("192.0.2.1")).unwrap_err();
         assert_eq!(e.to_string(), "no ban matches 192.0.2.1/32");
+    }
+
+    #[test]
+    fn unban_lifts_a_ban_held_only_in_the_tracker() {
+        let f = fixture();
+        let mut c = f.control();
+        let now = f.clock.now_ns();
+        // The data plane banned it but its bans map was full.
+        let state = SourceState {
+            banned_until_ns: now + 60_000_000_000,
+            ..SourceState::default()
+        };
+        c.datapath_mut()
+            .sources
+            .insert(v4key([192, 0, 2, 7]), state);
+        c.datapath_mut()
+            .sources
+            .insert(v4key([192, 0, 2, 8]), SourceState::default());
+        let removed = c.unban(cidr("192.0.2.0/24")).unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].source, cidr("192.0.2.7"));
+        assert!(removed[0].reason.contains("tracker only"));
+        assert!(!c.datapath().sources.contains_key(&v4key([192, 0, 2, 7])));
+        assert!(c.datapath().sources.contains_key(&v4key([192, 0, 2, 8])));
     }
 
     #[test]
