@@ -704,42 +704,24 @@ impl<D: Datapath + BanEvents> Daemon<D> {
 
     /// Re-reads the config; a bad one is rejected and the running one stays.
     fn reload(&self) -> Result<ReloadReport, String> {
-        let settings = match load_settings(&self.opts) {
-            Ok(s) => s,
-            Err(e) => {
-                let msg = format!(
-                    "reload rejected, the running configuration stays: {}",
-                    error_chain(&e)
-                );
-                log::error!("{msg}");
-                return Err(msg);
-            }
+        let reject = |why: String| {
+            let msg = format!("reload rejected, the running configuration stays: {why}");
+            log::error!("{msg}");
+            msg
         };
-        let health_config = match settings.health.config() {
-            Ok(c) => c,
-            Err(e) => {
-                let msg = format!("reload rejected, the running configuration stays: {e}");
-                log::error!("{msg}");
-                return Err(msg);
-            }
-        };
+        let settings = load_settings(&self.opts).map_err(|e| reject(error_chain(&e)))?;
+        let health_config = settings
+            .health
+            .config()
+            .map_err(|e| reject(e.to_string()))?;
         let section = settings.health.clone();
         // Lock order: health, then control. The tick never holds both (it takes control,
         // lets go, then takes health).
         let mut health = self.lock_health();
         // A new listen address is bound while the old one still serves; if it cannot be, the
         // reload is refused as a whole and everything stays as it was.
-        let bound = match Listeners::bind(&section, &health.listeners, &self.published) {
-            Ok(l) => l,
-            Err(e) => {
-                let msg = format!(
-                    "reload rejected, the running configuration stays: {}",
-                    error_chain(&e)
-                );
-                log::error!("{msg}");
-                return Err(msg);
-            }
-        };
+        let bound = Listeners::bind(&section, &health.listeners, &self.published)
+            .map_err(|e| reject(error_chain(&e)))?;
         let mut control = self.lock();
         match control.apply_settings(settings) {
             Ok(report) => {
