@@ -5,10 +5,14 @@
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "guard";
 
-/// Map names, as the object file spells them. Userspace never spells a map name itself.
+/// Map names, as the object file spells them (at most 15 bytes: the kernel's map names hold
+/// 16 with the NUL). Userspace never spells a map name itself.
 pub mod map_names {
-    /// `u32 (0) -> Config`. Written by userspace, read per packet.
+    /// `u32 (0 or 1) -> Config`: two slots. Written by userspace (the one not in use), read
+    /// once per packet through `CONFIG_SLOT`.
     pub const CONFIG: &str = "GUARD_CONFIG";
+    /// `u32 (0) -> u32`: which `CONFIG` slot is current. Written by userspace after the slot.
+    pub const CONFIG_SLOT: &str = "GUARD_CFG_SLOT";
     /// Per-CPU `u32 (ifindex % STATS_SLOTS) -> Counters`. Written per packet, read by userspace.
     pub const STATS: &str = "GUARD_STATS";
     /// LPM `Key<[u8; 4]> -> ListEntry`. Written by userspace, read per packet.
@@ -19,6 +23,11 @@ pub mod map_names {
     pub const DENY_V4: &str = "GUARD_DENY_V4";
     /// LPM `Key<[u8; 16]> -> ListEntry`. Written by userspace, read per packet.
     pub const DENY_V6: &str = "GUARD_DENY_V6";
+    /// LPM `Key<[u8; 4]> -> ListEntry`: prefix bans (escalated by the daemon). Written by
+    /// userspace, read per packet like the lists (after the deny list).
+    pub const PREFIX_BANS_V4: &str = "GUARD_PBANS_V4";
+    /// LPM `Key<[u8; 16]> -> ListEntry`: IPv6 prefix bans.
+    pub const PREFIX_BANS_V6: &str = "GUARD_PBANS_V6";
     /// LRU `SourceKey -> SourceState`. Written per packet, read by userspace (`guard top`).
     pub const SOURCES: &str = "GUARD_SOURCES";
     /// Hash `SourceKey -> Ban`. Written per packet (new bans) and by userspace (restore, unban,
@@ -26,10 +35,48 @@ pub mod map_names {
     pub const BANS: &str = "GUARD_BANS";
     /// Ring buffer of `BanEvent`. Written per new ban, read by userspace.
     pub const EVENTS: &str = "GUARD_EVENTS";
+    /// Hash `SourceKey -> Known`: sources in good standing. Written by the program (promotion,
+    /// refresh) and by userspace (expiry, allow list); read on a tracker miss.
+    pub const KNOWN: &str = "GUARD_KNOWN";
+    /// LRU `SourceKey (masked to the prefix) -> PrefixState`: aggregate buckets per prefix.
+    /// Written per packet of an unknown source; read by userspace.
+    pub const PREFIXES: &str = "GUARD_PREFIXES";
+    /// `u32 (protocol slot * 65536 + port) -> u32 service slot` (0: no service). Written by
+    /// userspace, read per packet.
+    pub const SERVICE_PORTS: &str = "GUARD_SVC_PORTS";
+    /// `u32 service slot -> Service`: attack mode and newcomer budget. Written by userspace
+    /// every second, read per packet.
+    pub const SERVICES: &str = "GUARD_SERVICES";
+    /// Per-CPU `u32 service slot -> ServiceStats`. Written per packet, read by userspace.
+    pub const SERVICE_STATS: &str = "GUARD_SVC_STATS";
+    /// Per-CPU `u32 (0) -> CpuState`: the front stage's sketch and the malformed budget.
+    /// Written per packet, never read by userspace.
+    pub const CPU_STATE: &str = "GUARD_CPU";
 
-    /// Every map, in a fixed order (pinning, compatibility checks).
-    pub const ALL: [&str; 9] = [
-        CONFIG, STATS, ALLOW_V4, ALLOW_V6, DENY_V4, DENY_V6, SOURCES, BANS, EVENTS,
+    /// Per-CPU `u32 (0) -> the program's scratch` (the packet being judged). The only map
+    /// that is never pinned (nor in `ALL`): it holds nothing between packets.
+    pub const SCRATCH: &str = "GUARD_SCRATCH";
+
+    /// Every map that is pinned, in a fixed order (pinning, compatibility checks).
+    pub const ALL: [&str; 18] = [
+        CONFIG,
+        CONFIG_SLOT,
+        STATS,
+        ALLOW_V4,
+        ALLOW_V6,
+        DENY_V4,
+        DENY_V6,
+        PREFIX_BANS_V4,
+        PREFIX_BANS_V6,
+        SOURCES,
+        BANS,
+        EVENTS,
+        KNOWN,
+        PREFIXES,
+        SERVICE_PORTS,
+        SERVICES,
+        SERVICE_STATS,
+        CPU_STATE,
     ];
 }
 
@@ -42,14 +89,23 @@ pub mod capacity {
     /// Large enough for a 1M-entry netset import.
     pub const DENY_V4: u32 = 1 << 21;
     pub const DENY_V6: u32 = 1 << 18;
+    pub const PREFIX_BANS_V4: u32 = 1 << 14;
+    pub const PREFIX_BANS_V6: u32 = 1 << 14;
     pub const SOURCES: u32 = 1 << 17;
     pub const BANS: u32 = 1 << 16;
     /// Bytes.
     pub const EVENTS: u32 = 1 << 18;
+    pub const KNOWN: u32 = 1 << 17;
+    pub const PREFIXES: u32 = 1 << 16;
+    /// Service slots, slot 0 included (everything that matches no configured service).
+    pub const SERVICES: u32 = 64;
+    /// One slot per (protocol, port): TCP ports first, then UDP.
+    pub const SERVICE_PORTS: u32 = 2 << 16;
 }
 
-/// Version of the map layout and value types. Pinned state from another version is not reused.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Version of the map layout and value types. Pinned state from another version is not reused
+/// (its links are, so an upgrade never leaves an interface unprotected).
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Verdict reasons: indexes into `Counters`.
 pub mod reason {
@@ -59,18 +115,33 @@ pub mod reason {
     pub const ALLOWED: usize = 1;
     /// The source is in the deny list.
     pub const DENIED: usize = 2;
-    /// The source is banned.
+    /// The source (or its prefix) is banned.
     pub const BANNED: usize = 3;
     /// The source went over its packet rate.
     pub const RATE_LIMITED: usize = 4;
     /// The source went over its SYN rate.
     pub const SYN_LIMITED: usize = 5;
-    /// Too short or malformed to judge: passed.
-    pub const MALFORMED: usize = 6;
+    /// The source's prefix went over its aggregate rate.
+    pub const PREFIX_LIMITED: usize = 6;
+    /// An unknown source of a service under attack, over the service's newcomer budget.
+    pub const NEWCOMER_LIMITED: usize = 7;
+    /// Malformed but passed: judged by its source and passed, or with no readable source and
+    /// within the global budget for such frames.
+    pub const MALFORMED: usize = 8;
+    /// No readable source, over the global budget for such frames: dropped.
+    pub const MALFORMED_LIMITED: usize = 9;
+    /// A source that is never valid on the wire (an IPv4-mapped IPv6 address): dropped.
+    pub const BAD_SOURCE: usize = 10;
+    /// A SYN answered in XDP with a SYN cookie (XDP_TX).
+    pub const COOKIE_SENT: usize = 11;
+    /// An ACK carrying a valid SYN cookie: passed, and its source made known.
+    pub const COOKIE_VALID: usize = 12;
+    /// An ACK to a cookie-protected service with an invalid cookie: dropped.
+    pub const COOKIE_INVALID: usize = 13;
     /// Dry-run: a packet that would have been dropped, counted here as well as under its reason.
-    pub const WOULD_DROP: usize = 7;
+    pub const WOULD_DROP: usize = 14;
     /// Number of counter slots.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 15;
     /// Names as shown to operators and in metrics labels.
     pub const NAMES: [&str; COUNT] = [
         "passed",
@@ -79,13 +150,33 @@ pub mod reason {
         "banned",
         "rate_limited",
         "syn_limited",
+        "prefix_limited",
+        "newcomer_limited",
         "malformed",
+        "malformed_limited",
+        "bad_source",
+        "cookie_sent",
+        "cookie_valid",
+        "cookie_invalid",
         "would_drop",
     ];
     /// True for the reasons that drop the packet (outside dry-run).
     pub const fn drops(reason: usize) -> bool {
-        matches!(reason, DENIED | BANNED | RATE_LIMITED | SYN_LIMITED)
+        matches!(
+            reason,
+            DENIED
+                | BANNED
+                | RATE_LIMITED
+                | SYN_LIMITED
+                | PREFIX_LIMITED
+                | NEWCOMER_LIMITED
+                | MALFORMED_LIMITED
+                | BAD_SOURCE
+                | COOKIE_INVALID
+        )
     }
+    /// A `Ban::reason` for a prefix ban the daemon escalated (not a counter slot).
+    pub const BAN_PREFIX: u32 = 64;
 }
 
 /// `Config::flags`: decide and count, but pass everything.
@@ -99,12 +190,17 @@ pub const FLAG_HAS_ALLOW_V4: u32 = 1 << 2;
 pub const FLAG_HAS_ALLOW_V6: u32 = 1 << 3;
 pub const FLAG_HAS_DENY_V4: u32 = 1 << 4;
 pub const FLAG_HAS_DENY_V6: u32 = 1 << 5;
-/// `Config::flags`: every IPv4 list entry is at most as long as the IPv4 tracking prefix, so
-/// all addresses of one tracked source share one list verdict, which the tracker entry may
-/// cache (tagged with `Config::lists_gen`).
+/// `Config::flags`: every IPv4 list entry (and prefix ban) is at most as long as the IPv4
+/// tracking prefix, so all addresses of one tracked source share one list verdict, which the
+/// tracker entry may cache (tagged with `Config::lists_gen`).
 pub const FLAG_CACHE_V4: u32 = 1 << 6;
 /// `Config::flags`: likewise for IPv6.
 pub const FLAG_CACHE_V6: u32 = 1 << 7;
+/// `Config::flags`: the IPv4 prefix-ban trie has entries.
+pub const FLAG_HAS_PBAN_V4: u32 = 1 << 8;
+pub const FLAG_HAS_PBAN_V6: u32 = 1 << 9;
+/// `Config::flags`: services are configured (`SERVICE_PORTS` is worth a lookup).
+pub const FLAG_SERVICES: u32 = 1 << 10;
 /// The bits userspace derives from the lists themselves, not from the operator's config.
 pub const LIST_HINT_BITS: u32 = FLAG_LIST_HINTS
     | FLAG_HAS_ALLOW_V4
@@ -112,7 +208,9 @@ pub const LIST_HINT_BITS: u32 = FLAG_LIST_HINTS
     | FLAG_HAS_DENY_V4
     | FLAG_HAS_DENY_V6
     | FLAG_CACHE_V4
-    | FLAG_CACHE_V6;
+    | FLAG_CACHE_V6
+    | FLAG_HAS_PBAN_V4
+    | FLAG_HAS_PBAN_V6;
 
 /// Should the program look `bit`'s list up under `flags`? Yes unless hints are maintained and
 /// say the list is empty.
@@ -121,8 +219,12 @@ pub const fn list_may_match(flags: u32, bit: u32) -> bool {
     flags & FLAG_LIST_HINTS == 0 || flags & bit != 0
 }
 
-/// Run-time limits and mode, in `GUARD_CONFIG[0]`. A zero rate turns that limit off, so an
+/// Run-time limits and mode, in a `GUARD_CONFIG` slot. A zero rate turns that limit off, so an
 /// unwritten config (all zero) fails open: no rate limits, the lists still apply.
+///
+/// The operator's figures (`pps`, `burst`, ...) are what userspace writes and reads back; the
+/// program reads only the derived GCRA parameters (`*_interval_ns`, `*_tolerance_ns`), which
+/// userspace computes with [`Gcra::new`] so the per-packet path never divides.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -141,19 +243,41 @@ pub struct Config {
     pub v4_prefix_len: u32,
     /// IPv6 sources are tracked per this prefix (1..=128; 0 means 64).
     pub v6_prefix_len: u32,
-    pub _pad: u32,
-    /// `fill_ns(pps, burst)`, precomputed by userspace so the program never divides; 0 makes
-    /// the program compute it.
-    pub pkt_fill_ns: u64,
-    /// `fill_ns(syn_pps, syn_burst)`, likewise.
-    pub syn_fill_ns: u64,
-    /// Bumped by userspace on every change to the allow or deny lists: a list verdict cached
-    /// in a tracker entry under another generation is stale. Never 0 once written.
+    /// The front stage: a never-seen source is tracked only once it has sent more than this
+    /// many packets in one sketch window (about a second) on one CPU; 0 tracks at once.
+    pub admit_packets: u32,
+    /// Bumped by userspace on every change to the allow or deny lists or the prefix bans: a
+    /// list verdict cached in a tracker entry under another generation is stale. Never 0
+    /// once written.
     pub lists_gen: u64,
+    /// A source tracked this long in good standing becomes known; 0: never by time alone.
+    pub known_after_ns: u64,
+    /// The aggregate prefix buckets: IPv4 prefix length (1..=32; 0 means 24).
+    pub prefix_v4_len: u32,
+    /// IPv6 prefix length (1..=128; 0 means 48).
+    pub prefix_v6_len: u32,
+    /// Packets per second per prefix (unknown sources only); 0 = off.
+    pub prefix_pps: u64,
+    pub prefix_burst: u64,
+    /// Frames with no readable source, per second per CPU; 0 = unlimited.
+    pub malformed_pps: u64,
+    pub malformed_burst: u64,
+    /// Derived by userspace: the per-source packet GCRA (interval 0 = unlimited).
+    pub pkt_interval_ns: u64,
+    pub pkt_tolerance_ns: u64,
+    /// Derived: the per-source SYN GCRA.
+    pub syn_interval_ns: u64,
+    pub syn_tolerance_ns: u64,
+    /// Derived: the per-prefix GCRA.
+    pub prefix_interval_ns: u64,
+    pub prefix_tolerance_ns: u64,
+    /// Derived: the per-CPU malformed-frame GCRA.
+    pub malformed_interval_ns: u64,
+    pub malformed_tolerance_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 80);
+const _: () = assert!(core::mem::size_of::<Config>() == 176);
 
-/// Value of the allow and deny tries.
+/// Value of the allow and deny tries (and of the prefix-ban tries).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ListEntry {
@@ -188,22 +312,16 @@ pub struct SourceKey {
 }
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 16);
 
-/// A token bucket: `tokens` in units of `TOKEN` per packet.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Bucket {
-    pub tokens: u64,
-    pub last_ns: u64,
-}
-const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
-
-/// Per-source rate state, in the LRU tracker. Updated without atomics: two CPUs racing on one
-/// source may lose an increment, which only makes the limit slightly more generous.
+/// Per-source rate state, in the LRU tracker. The two GCRA words are updated with
+/// compare-and-swap, so flows of one source on several CPUs never make a limit stricter than
+/// configured; the statistics are plain adds (a race may lose an increment of a count).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceState {
-    pub pkt: Bucket,
-    pub syn: Bucket,
+    /// GCRA theoretical arrival time of the next packet (ns), for the packet limit.
+    pub pkt_tat: u64,
+    /// Likewise for the SYN limit.
+    pub syn_tat: u64,
     /// Packets seen from this source since it was first tracked.
     pub packets: u64,
     pub bytes: u64,
@@ -214,13 +332,20 @@ pub struct SourceState {
     /// costs one lookup per packet. Filled from `BANS` when the source is first tracked;
     /// userspace drops the tracker entry when it changes a ban, so the copy never goes stale.
     pub banned_until_ns: u64,
-    /// The list verdict cached for this source (`reason::ALLOWED`, `reason::DENIED` or
-    /// `reason::PASSED` for neither), valid while `list_gen == Config::lists_gen` and until
-    /// `list_expires_ns` (0 = no expiry).
+    /// The list verdict cached for this source (`reason::ALLOWED`, `reason::DENIED`,
+    /// `reason::BANNED` for a prefix ban, or `reason::PASSED` for none), valid while
+    /// `list_gen == Config::lists_gen` and until `list_expires_ns` (0 = no expiry).
     pub list_gen: u64,
     pub list_expires_ns: u64,
     pub list_verdict: u32,
-    pub _pad: u32,
+    /// 1 if the source is in `KNOWN` (a cached copy; userspace forgets the tracker entry when
+    /// it removes a known source).
+    pub known: u32,
+    /// In good standing (tracked, never dropped) since this time; every drop restarts it.
+    pub good_since_ns: u64,
+    /// When the program last refreshed this source's `KNOWN` entry (known sources), or last
+    /// looked for its TCP connection (unknown ones).
+    pub known_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<SourceState>() == 96);
 
@@ -250,6 +375,106 @@ pub struct BanEvent {
 }
 const _: () = assert!(core::mem::size_of::<BanEvent>() == 40);
 
+/// A known source: one that was in good standing for `Config::known_after_ns`, completed a TCP
+/// handshake the program saw, or is allow-listed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Known {
+    /// CLOCK_MONOTONIC time at which it became known.
+    pub since_ns: u64,
+    /// CLOCK_MONOTONIC time it was last seen (refreshed at most once a second).
+    pub last_ns: u64,
+    /// How it became known: a `known_by` value.
+    pub how: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Known>() == 24);
+
+/// `Known::how`.
+pub mod known_by {
+    /// Good standing for `known_after_secs`.
+    pub const TIME: u32 = 1;
+    /// A TCP connection the host accepted (the program found it established).
+    pub const HANDSHAKE: u32 = 2;
+    /// A valid SYN cookie.
+    pub const COOKIE: u32 = 3;
+    /// Put there by the daemon (restored from the state file, or allow-listed).
+    pub const DAEMON: u32 = 4;
+    pub const NAMES: [&str; 5] = [
+        "?",
+        "good standing",
+        "tcp handshake",
+        "syn cookie",
+        "daemon",
+    ];
+}
+
+/// An aggregate bucket for one prefix (`/24`, `/48` by default) of unknown sources.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixState {
+    /// GCRA theoretical arrival time (ns), updated with compare-and-swap.
+    pub tat: u64,
+    pub packets: u64,
+    pub dropped: u64,
+}
+const _: () = assert!(core::mem::size_of::<PrefixState>() == 24);
+
+/// `Service::flags`: the service is under attack: unknown sources share the newcomer budget.
+pub const SERVICE_UNDER_ATTACK: u32 = 1;
+/// `Service::flags`: the service is a TCP service (handshakes to it make sources known).
+pub const SERVICE_TCP: u32 = 1 << 1;
+
+/// A service slot's mode, written by userspace every second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// `SERVICE_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    /// The attack mode holds until this CLOCK_MONOTONIC time unless the daemon renews it, so a
+    /// daemon that dies never leaves a service in attack mode for good.
+    pub attack_until_ns: u64,
+    /// The newcomer budget per CPU, as a GCRA (interval 0: no budget, every newcomer dropped).
+    pub newcomer_interval_ns: u64,
+    pub newcomer_tolerance_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Service>() == 32);
+
+/// Per-CPU counts of one service slot, and its newcomer bucket on that CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// TCP SYNs without ACK.
+    pub syns: u64,
+    /// Packets of unknown sources passed within the newcomer budget under attack.
+    pub newcomer_passed: u64,
+    /// Packets of unknown sources over the newcomer budget (dropped, or would-drop).
+    pub newcomer_dropped: u64,
+    /// This CPU's newcomer GCRA (program state, not a count).
+    pub newcomer_tat: u64,
+}
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 48);
+
+/// The front stage's count-min sketch: rows of cells, each `window << 24 | count`.
+pub const SKETCH_ROWS: usize = 2;
+pub const SKETCH_COLS: usize = 2048;
+
+/// Per-CPU scratch state of the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CpuState {
+    pub sketch: [u32; SKETCH_ROWS * SKETCH_COLS],
+    /// Packets counted in the sketch this window, as a cell (`window << 24 | count`).
+    pub total: u32,
+    pub _pad: u32,
+    /// The malformed-frame GCRA on this CPU.
+    pub malformed_tat: u64,
+}
+const _: () = assert!(core::mem::size_of::<CpuState>() == 4 * SKETCH_ROWS * SKETCH_COLS + 16);
+
 /// Per-interface verdict counters (per CPU in the kernel; summed by userspace).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -257,7 +482,7 @@ pub struct Counters {
     pub packets: [u64; reason::COUNT],
     pub bytes: [u64; reason::COUNT],
 }
-const _: () = assert!(core::mem::size_of::<Counters>() == 128);
+const _: () = assert!(core::mem::size_of::<Counters>() == 16 * reason::COUNT);
 
 impl Counters {
     /// Packets seen: every reason but `WOULD_DROP`, which double-counts dry-run decisions.
@@ -299,67 +524,127 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::ListEntry {}
     unsafe impl aya::Pod for super::SourceKey {}
-    unsafe impl aya::Pod for super::Bucket {}
     unsafe impl aya::Pod for super::SourceState {}
     unsafe impl aya::Pod for super::Ban {}
     unsafe impl aya::Pod for super::BanEvent {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::Known {}
+    unsafe impl aya::Pod for super::PrefixState {}
+    unsafe impl aya::Pod for super::Service {}
+    unsafe impl aya::Pod for super::ServiceStats {}
+    unsafe impl aya::Pod for super::CpuState {}
 }
 
-/// Credit units per packet. Credit accrues at `rate` units per nanosecond, so a rate in packets
-/// per second needs no division on the refill.
-pub const TOKEN: u64 = 1_000_000_000;
-
-/// Largest rate or burst userspace may configure, so that `burst * TOKEN` fits in a u64.
+/// Largest rate or burst userspace may configure.
 pub const MAX_RATE: u64 = 1 << 32;
 
-/// Nanoseconds an empty bucket takes to fill: `burst` packets at `rate` per second (`rate`
-/// non-zero; a `burst` of 0 behaves as 1).
-#[inline(always)]
-pub const fn fill_ns(rate: u64, burst: u64) -> u64 {
-    let burst = if burst == 0 { 1 } else { burst };
-    burst * TOKEN / rate
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// A rate limit as the generic cell rate algorithm (GCRA, ITU-T I.371) sees it: one packet
+/// every `interval_ns`, with `tolerance_ns` of slack (a burst). Its state is one word, the
+/// theoretical arrival time (TAT) of the next packet, so it can be updated with one
+/// compare-and-swap: two CPUs can never erase each other's refills.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gcra {
+    /// 0: unlimited.
+    pub interval_ns: u64,
+    pub tolerance_ns: u64,
 }
 
-/// Refills `bucket` for the time since it was last used, then takes one packet's token.
-/// Returns true if the packet conforms. `rate` is per second and must be non-zero; a bucket
-/// holds at most `burst` packets (a `burst` of 0 behaves as 1); `fill` is
-/// `fill_ns(rate, burst)`, passed in so that the per-packet path never divides.
+impl Gcra {
+    /// `rate` packets per second with bursts of `burst` packets at once (a `burst` of 0
+    /// behaves as 1); a `rate` of 0 is unlimited. The interval is rounded down (at most 1 ns
+    /// short), so the limit is never stricter than configured.
+    pub const fn new(rate: u64, burst: u64) -> Self {
+        if rate == 0 {
+            return Self {
+                interval_ns: 0,
+                tolerance_ns: 0,
+            };
+        }
+        let interval = NS_PER_SEC / rate;
+        let interval = if interval == 0 { 1 } else { interval };
+        let burst = if burst == 0 { 1 } else { burst };
+        Self {
+            interval_ns: interval,
+            tolerance_ns: interval.saturating_mul(burst - 1),
+        }
+    }
+
+    /// Like [`Gcra::new`] for a fractional rate (a share of a budget); a rate below one
+    /// packet in about 18 s (or not a number) gets no budget at all (`interval_ns` of
+    /// `u64::MAX`: nothing conforms after the first packet of each such interval).
+    pub fn from_f64(rate: f64, burst: u64) -> Self {
+        let burst = if burst == 0 { 1 } else { burst };
+        if rate.is_nan() || rate <= 0.0 {
+            return Self {
+                interval_ns: u64::MAX,
+                tolerance_ns: 0,
+            };
+        }
+        let interval = (NS_PER_SEC as f64 / rate).clamp(1.0, u64::MAX as f64) as u64;
+        Self {
+            interval_ns: interval,
+            tolerance_ns: interval.saturating_mul(burst - 1),
+        }
+    }
+
+    pub const fn is_unlimited(&self) -> bool {
+        self.interval_ns == 0
+    }
+}
+
+/// One GCRA step: the TAT to store if a packet at `now_ns` conforms, or `None` if it does not
+/// (the TAT is then left as it is). `interval_ns` must be non-zero.
 ///
-/// Exact for any elapsed time: past `fill` the bucket is simply full, and below it
-/// `elapsed * rate <= burst * TOKEN`, which cannot overflow. A clock that appears to go
-/// backwards (two CPUs racing on one source) refills nothing.
+/// The TAT never lags `now` (an idle source starts again from now with its full burst), and a
+/// clock that appears to go backwards (two CPUs racing on one source) only makes the packet
+/// look later, never earlier.
 #[inline(always)]
-pub fn take_token(bucket: &mut Bucket, now_ns: u64, rate: u64, burst: u64, fill: u64) -> bool {
-    let burst = if burst == 0 { 1 } else { burst };
-    let cap = burst * TOKEN;
-    let elapsed = now_ns.saturating_sub(bucket.last_ns);
-    let tokens = if elapsed >= fill {
-        cap
+pub fn gcra_next(tat: u64, now_ns: u64, interval_ns: u64, tolerance_ns: u64) -> Option<u64> {
+    let t = if tat > now_ns { tat } else { now_ns };
+    if t - now_ns > tolerance_ns {
+        None
     } else {
-        let t = bucket.tokens + elapsed * rate;
-        if t > cap { cap } else { t }
-    };
-    if now_ns > bucket.last_ns {
-        bucket.last_ns = now_ns;
-    }
-    if tokens >= TOKEN {
-        bucket.tokens = tokens - TOKEN;
-        true
-    } else {
-        bucket.tokens = tokens;
-        false
+        Some(t.saturating_add(interval_ns))
     }
 }
 
-/// A new bucket, full, as a source first seen at `now_ns` gets.
+/// The front stage's sketch: the cell index of `key` in each row (a different hash per row).
 #[inline(always)]
-pub fn full_bucket(now_ns: u64, burst: u64) -> Bucket {
-    let burst = if burst == 0 { 1 } else { burst };
-    Bucket {
-        tokens: burst * TOKEN,
-        last_ns: now_ns,
-    }
+pub fn sketch_slots(key: &SourceKey) -> [usize; SKETCH_ROWS] {
+    let a = &key.addr;
+    let hi = u64::from_le_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let lo = u64::from_le_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    // Two multiplicative hashes (odd 64-bit constants) of the folded key; the top bits are
+    // the best mixed.
+    let x = hi ^ lo.rotate_left(29);
+    let h0 = (x ^ (x >> 31)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let h1 = (x ^ (x >> 27)).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    let shift = 64 - SKETCH_COLS.trailing_zeros();
+    [
+        (h0 >> shift) as usize & (SKETCH_COLS - 1),
+        SKETCH_COLS + ((h1 >> shift) as usize & (SKETCH_COLS - 1)),
+    ]
+}
+
+/// The sketch window of `now_ns`: about a second (2^30 ns), 8 bits of it.
+#[inline(always)]
+pub const fn sketch_window(now_ns: u64) -> u32 {
+    ((now_ns >> 30) & 0xff) as u32
+}
+
+/// Counts one packet in a sketch cell for `window`; returns the new cell and its count. A cell
+/// of another window starts again at 1.
+#[inline(always)]
+pub const fn sketch_bump(cell: u32, window: u32) -> (u32, u32) {
+    let count = if cell >> 24 == window {
+        let c = cell & 0x00ff_ffff;
+        if c < 0x00ff_ffff { c + 1 } else { c }
+    } else {
+        1
+    };
+    ((window << 24) | count, count)
 }
 
 /// The leading `bits` ones of a u64 (`bits` is clamped to 0..=64).
@@ -452,78 +737,137 @@ mod tests {
 
     const SEC: u64 = 1_000_000_000;
 
-    #[test]
-    fn full_bucket_allows_exactly_burst_packets_at_one_instant() {
-        let mut b = full_bucket(1_000, 5);
-        let allowed = (0..10)
-            .filter(|_| take_token(&mut b, 1_000, 10, 5, fill_ns(10, 5)))
-            .count();
-        assert_eq!(allowed, 5);
+    /// Runs `n` packets at `step_ns` apart through one GCRA; returns how many conform.
+    fn conforming(g: Gcra, start: u64, step_ns: u64, n: u64) -> usize {
+        let mut tat = 0;
+        (0..n)
+            .filter(
+                |i| match gcra_next(tat, start + i * step_ns, g.interval_ns, g.tolerance_ns) {
+                    Some(t) => {
+                        tat = t;
+                        true
+                    }
+                    None => false,
+                },
+            )
+            .count()
     }
 
     #[test]
-    fn bucket_refills_at_rate() {
-        let mut b = full_bucket(0, 2);
-        assert!(take_token(&mut b, 0, 10, 2, fill_ns(10, 2)));
-        assert!(take_token(&mut b, 0, 10, 2, fill_ns(10, 2)));
-        assert!(!take_token(&mut b, 0, 10, 2, fill_ns(10, 2)));
-        // 10 pps: one token every 100 ms.
-        assert!(!take_token(&mut b, SEC / 10 - 1, 10, 2, fill_ns(10, 2)));
-        assert!(take_token(&mut b, SEC / 10, 10, 2, fill_ns(10, 2)));
-        assert!(!take_token(&mut b, SEC / 10, 10, 2, fill_ns(10, 2)));
+    fn gcra_allows_exactly_burst_packets_at_one_instant() {
+        assert_eq!(conforming(Gcra::new(10, 5), SEC, 0, 10), 5);
+        assert_eq!(conforming(Gcra::new(10, 1), SEC, 0, 10), 1);
+        // A burst of 0 behaves as 1.
+        assert_eq!(conforming(Gcra::new(10, 0), SEC, 0, 10), 1);
     }
 
     #[test]
-    fn refill_never_exceeds_burst() {
-        let mut b = full_bucket(0, 3);
+    fn gcra_refills_at_rate() {
+        let g = Gcra::new(10, 2);
+        let mut tat = 0;
+        let mut step = |now| match gcra_next(tat, now, g.interval_ns, g.tolerance_ns) {
+            Some(t) => {
+                tat = t;
+                true
+            }
+            None => false,
+        };
+        assert!(step(SEC));
+        assert!(step(SEC));
+        assert!(!step(SEC));
+        // 10 pps: one packet every 100 ms.
+        assert!(!step(SEC + SEC / 10 - 1));
+        assert!(step(SEC + SEC / 10));
+        assert!(!step(SEC + SEC / 10));
+    }
+
+    #[test]
+    fn gcra_refill_never_exceeds_burst() {
+        let g = Gcra::new(1000, 3);
+        let mut tat = 0;
         for _ in 0..3 {
-            assert!(take_token(&mut b, 0, 1000, 3, fill_ns(1000, 3)));
+            tat = gcra_next(tat, SEC, g.interval_ns, g.tolerance_ns).unwrap();
         }
         // A long idle refills to the burst, not beyond.
         let later = 3600 * SEC;
-        let allowed = (0..10)
-            .filter(|_| take_token(&mut b, later, 1000, 3, fill_ns(1000, 3)))
-            .count();
+        let mut allowed = 0;
+        for _ in 0..10 {
+            if let Some(t) = gcra_next(tat, later, g.interval_ns, g.tolerance_ns) {
+                tat = t;
+                allowed += 1;
+            }
+        }
         assert_eq!(allowed, 3);
     }
 
     #[test]
-    fn huge_elapsed_and_rates_do_not_overflow() {
-        let mut b = Bucket {
-            tokens: 0,
-            last_ns: 0,
-        };
-        assert!(take_token(
-            &mut b,
-            u64::MAX,
-            MAX_RATE,
-            MAX_RATE,
-            fill_ns(MAX_RATE, MAX_RATE)
-        ));
-        assert_eq!(b.tokens, MAX_RATE * TOKEN - TOKEN);
-        let mut b = Bucket {
-            tokens: 0,
-            last_ns: 0,
-        };
-        assert!(take_token(&mut b, u64::MAX / 2, 1, 1, fill_ns(1, 1)));
-    }
-
-    #[test]
-    fn clock_going_backwards_refills_nothing() {
-        let mut b = full_bucket(10 * SEC, 1);
-        assert!(take_token(&mut b, 10 * SEC, 1, 1, fill_ns(1, 1)));
-        assert!(!take_token(&mut b, 5 * SEC, 1, 1, fill_ns(1, 1)));
-        assert_eq!(b.last_ns, 10 * SEC);
-    }
-
-    #[test]
-    fn sustained_rate_matches_configuration() {
+    fn gcra_sustained_rate_matches_configuration() {
         // 1000 pps for 10 s with packets every 100 us (10,000 pps offered): ~10,000 + burst.
-        let mut b = full_bucket(0, 50);
-        let allowed = (0..100_000u64)
-            .filter(|i| take_token(&mut b, i * 100_000, 1000, 50, fill_ns(1000, 50)))
-            .count();
+        let allowed = conforming(Gcra::new(1000, 50), SEC, 100_000, 100_000);
         assert!((10_000..=10_051).contains(&allowed), "allowed {allowed}");
+    }
+
+    #[test]
+    fn gcra_extremes_do_not_overflow() {
+        let g = Gcra::new(MAX_RATE, MAX_RATE);
+        assert_eq!(g.interval_ns, 1);
+        assert!(gcra_next(u64::MAX - 1, u64::MAX - 1, g.interval_ns, g.tolerance_ns).is_some());
+        let g = Gcra::new(1, MAX_RATE);
+        assert!(gcra_next(0, u64::MAX / 2, g.interval_ns, g.tolerance_ns).is_some());
+        // No budget: the first packet of an interval conforms, the next never does.
+        let none = Gcra::from_f64(0.0, 1);
+        let t = gcra_next(0, SEC, none.interval_ns, none.tolerance_ns).unwrap();
+        assert_eq!(t, u64::MAX);
+        assert!(gcra_next(t, 100 * SEC, none.interval_ns, none.tolerance_ns).is_none());
+    }
+
+    #[test]
+    fn gcra_is_never_stricter_than_configured() {
+        // 3 pps: 333,333,333 ns, rounded down, so 3 packets always fit in a second.
+        let g = Gcra::new(3, 1);
+        assert_eq!(g.interval_ns, 333_333_333);
+        assert_eq!(conforming(g, SEC, SEC / 3, 30), 30);
+        let f = Gcra::from_f64(2.5, 1);
+        assert_eq!(f.interval_ns, 400_000_000);
+    }
+
+    #[test]
+    fn gcra_clock_going_backwards_gives_no_credit() {
+        let g = Gcra::new(1, 1);
+        let tat = gcra_next(0, 10 * SEC, g.interval_ns, g.tolerance_ns).unwrap();
+        assert!(gcra_next(tat, 5 * SEC, g.interval_ns, g.tolerance_ns).is_none());
+    }
+
+    #[test]
+    fn sketch_cells_count_per_window_and_restart_in_a_new_one() {
+        let (c, n) = sketch_bump(0, 7);
+        assert_eq!(n, 1);
+        let (c, n) = sketch_bump(c, 7);
+        assert_eq!(n, 2);
+        let (_, n) = sketch_bump(c, 8);
+        assert_eq!(n, 1);
+        let (c, n) = sketch_bump((7 << 24) | 0x00ff_ffff, 7);
+        assert_eq!((c, n), ((7 << 24) | 0x00ff_ffff, 0x00ff_ffff));
+        assert_eq!(sketch_window(3 << 30), 3);
+        assert_eq!(sketch_window(256 << 30), 0);
+    }
+
+    #[test]
+    fn sketch_slots_stay_in_their_rows_and_spread() {
+        let mut seen = [0u32; SKETCH_ROWS * SKETCH_COLS];
+        for i in 0..65_536u32 {
+            let b = i.to_be_bytes();
+            let key = source_key_v4([198, 18 + (b[1] & 1), b[2], b[3]], 32);
+            let [r0, r1] = sketch_slots(&key);
+            assert!(r0 < SKETCH_COLS, "{r0}");
+            assert!((SKETCH_COLS..2 * SKETCH_COLS).contains(&r1), "{r1}");
+            seen[r0] += 1;
+            seen[r1] += 1;
+        }
+        // 65,536 keys over 2,048 cells a row: 32 each on average; no cell far off.
+        let max = *seen.iter().max().unwrap();
+        let min = *seen.iter().min().unwrap();
+        assert!(max < 80 && min > 5, "cells hold {min}..{max} keys");
     }
 
     #[test]

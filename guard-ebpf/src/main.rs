@@ -1,8 +1,15 @@
-//! The guard XDP program: parse, then decide once per packet (allow, deny, ban, rate limit),
-//! then record the verdict in one place.
+//! The guard XDP program: parse, count the packet in its service, then decide once per packet
+//! (allow, deny, ban, known sources and newcomers, limits), then record the verdict in one place.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// compare-and-swap: the BPF target has no `AtomicU64::compare_exchange` (see limit.rs).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+#[cfg(target_arch = "bpf")]
+mod front;
+#[cfg(target_arch = "bpf")]
+mod known;
 #[cfg(target_arch = "bpf")]
 mod limit;
 #[cfg(target_arch = "bpf")]
@@ -11,34 +18,71 @@ mod lists;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod service;
 
 #[cfg(target_arch = "bpf")]
-mod program {
+pub mod program {
     use aya_ebpf::{
         bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
     };
     use guard_common::{
-        Config, FLAG_CACHE_V4, FLAG_CACHE_V6, FLAG_DRY_RUN, capacity, reason, source_key_v4,
-        source_key_v6,
+        Config, FLAG_CACHE_V4, FLAG_CACHE_V6, FLAG_DRY_RUN, SourceKey, SourceState, capacity,
+        known_by, reason, source_key_v4, source_key_v6,
     };
 
     use crate::{
-        limit, lists,
-        maps::{CONFIG, STATS},
-        parse::{self, Parsed, Source},
+        front, known, limit, lists,
+        maps::{CONFIG, CONFIG_SLOT, SCRATCH, STATS},
+        parse::{self, Packet, Parsed},
+        service::{self, Svc},
+    };
+
+    /// Used when no config slot can be read (never expected: array slots always exist): no
+    /// limits, not dry-run, no services. The lists still apply.
+    static NO_CONFIG: Config = Config {
+        pps: 0,
+        burst: 0,
+        syn_pps: 0,
+        syn_burst: 0,
+        ban_ns: 0,
+        flags: 0,
+        v4_prefix_len: 0,
+        v6_prefix_len: 0,
+        admit_packets: 0,
+        lists_gen: 0,
+        known_after_ns: 0,
+        prefix_v4_len: 0,
+        prefix_v6_len: 0,
+        prefix_pps: 0,
+        prefix_burst: 0,
+        malformed_pps: 0,
+        malformed_burst: 0,
+        pkt_interval_ns: 0,
+        pkt_tolerance_ns: 0,
+        syn_interval_ns: 0,
+        syn_tolerance_ns: 0,
+        prefix_interval_ns: 0,
+        prefix_tolerance_ns: 0,
+        malformed_interval_ns: 0,
+        malformed_tolerance_ns: 0,
     };
 
     #[xdp]
     pub fn guard(ctx: XdpContext) -> u32 {
         let len = (ctx.data_end() - ctx.data()) as u64;
-        // An unreadable config (never expected: an array slot always exists) reads as zero:
-        // no rate limits, not dry-run. The lists still apply.
-        let cfg = match CONFIG.get(0) {
-            Some(c) => *c,
-            None => Config::default(),
-        };
-        let why = judge(&ctx, &cfg, len);
-        record(&ctx, &cfg, why, len)
+        let cfg = config();
+        let why = judge(&ctx, cfg, len);
+        record(&ctx, cfg, why, len)
+    }
+
+    /// The config in force: the slot `CONFIG_SLOT` names, read through one pointer. Userspace
+    /// writes only the other slot and flips the index after, so no packet reads a half-written
+    /// config.
+    #[inline(always)]
+    fn config() -> &'static Config {
+        let slot = CONFIG_SLOT.get(0).map_or(0, |s| *s & 1);
+        CONFIG.get(slot).unwrap_or(&NO_CONFIG)
     }
 
     /// The one exit: counts the verdict per interface and CPU, and turns it into an action.
@@ -66,38 +110,85 @@ mod program {
         }
     }
 
-    /// Decides the verdict reason, in the documented order: allow, deny, ban, limits, pass.
+    /// Decides the verdict reason, in the documented order: allow, deny, ban, then (for a
+    /// source in neither list) known sources and newcomers, the limits, and pass.
     #[inline(always)]
     fn judge(ctx: &XdpContext, cfg: &Config, len: u64) -> usize {
-        let pkt = match parse::parse(ctx) {
-            Parsed::NotIp => return reason::PASSED,
-            Parsed::Malformed => return reason::MALFORMED,
-            Parsed::Ip(p) => p,
-        };
-        if pkt.neighbour_discovery {
-            return reason::PASSED;
-        }
         // CLOCK_MONOTONIC at jiffy resolution: a fraction of bpf_ktime_get_ns's cost on
-        // kvm-clock hosts, and a tick is fine grain for buckets in packets per second and bans
+        // kvm-clock hosts, and a tick is fine grain for limits in packets per second and bans
         // in seconds. Userspace compares against the same clock.
         // SAFETY: bpf_ktime_get_coarse_ns (Linux 5.11) has no preconditions.
         let now = unsafe { bpf_ktime_get_coarse_ns() };
-        let (key, cacheable) = match pkt.src {
-            Source::V4(a) => (
-                source_key_v4(a, cfg.v4_prefix_len),
-                cfg.flags & FLAG_CACHE_V4 != 0,
-            ),
-            Source::V6(a) => (
-                source_key_v6(a, cfg.v6_prefix_len),
-                cfg.flags & FLAG_CACHE_V6 != 0,
-            ),
+        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            // Never expected: an array slot always exists. Nothing to judge with.
+            return reason::PASSED;
         };
-        let (state, listed) = match limit::lookup(&key) {
+        // SAFETY: this CPU's scratch, which only this run of the program touches.
+        let scratch = unsafe { &mut *scratch };
+        let pkt = &mut scratch.pkt;
+        match parse::parse(&parse::Frame::of(ctx), pkt) {
+            Parsed::NotIp => return reason::PASSED,
+            Parsed::BadSource => return reason::BAD_SOURCE,
+            // Nothing to judge it by: a global budget (per CPU), so they cannot flood past.
+            Parsed::NoSource => {
+                return if front::malformed_conforms(cfg, now) {
+                    reason::MALFORMED
+                } else {
+                    reason::MALFORMED_LIMITED
+                };
+            }
+            Parsed::Ip => {}
+        }
+        if pkt.neighbour_discovery {
+            return reason::PASSED;
+        }
+        scratch.job.now = now;
+        scratch.job.len = len;
+        decide(ctx, &scratch.pkt, cfg, &mut scratch.job)
+    }
+
+    /// The program's per-CPU scratch (see `maps::SCRATCH`).
+    pub struct Scratch {
+        pkt: Packet,
+        job: Job,
+    }
+
+    /// What the pipeline found out about a packet besides its headers.
+    struct Job {
+        svc: Svc,
+        key: SourceKey,
+        now: u64,
+        len: u64,
+    }
+
+    /// The verdict for a source: from its tracker entry, or from the front stage.
+    ///
+    /// This and the stages below are BPF-to-BPF calls (`inline(never)`), on purpose: each gets
+    /// a stack frame of its own (the verifier allows 512 bytes for a chain of calls) and only
+    /// its result reaches the caller, which keeps the states the verifier explores from
+    /// multiplying across stages. Four arguments each: a call takes five.
+    #[inline(never)]
+    fn decide(ctx: &XdpContext, pkt: &Packet, cfg: &Config, job: &mut Job) -> usize {
+        job.svc = service::classify(pkt, cfg, job.len, job.now);
+        job.key = if pkt.src.v6 {
+            source_key_v6(pkt.src.bytes(), cfg.v6_prefix_len)
+        } else {
+            source_key_v4(pkt.src.v4_bytes(), cfg.v4_prefix_len)
+        };
+        let job = &*job;
+        let (now, key) = (job.now, &job.key);
+        let cacheable = if pkt.src.v6 {
+            cfg.flags & FLAG_CACHE_V6 != 0
+        } else {
+            cfg.flags & FLAG_CACHE_V4 != 0
+        };
+        let state = match limit::lookup(key) {
             Some(s) => {
                 // SAFETY: a pointer from a map lookup is valid for this program run. Other
-                // CPUs may update the same entry: the race loses increments, never safety.
+                // CPUs may update the same entry: its limits use compare-and-swap, its counts
+                // may lose an increment.
                 let s = unsafe { &mut *s };
-                // One tracker lookup instead of two trie lookups while the lists are unchanged
+                // One tracker lookup instead of the trie lookups while the lists are unchanged
                 // (same generation; 0 is never current) and the deciding entry has not
                 // expired. Without the cache the lists are looked up every time.
                 let fresh = cacheable
@@ -108,43 +199,189 @@ mod program {
                     let (listed, expires) = lists::verdict(&pkt.src, cfg.flags, now);
                     if listed == reason::PASSED && s.list_verdict as usize != reason::PASSED {
                         // Tracked while listed, so its ban was never read: read it now.
-                        s.banned_until_ns = limit::ban_expiry(&key, now);
+                        s.banned_until_ns = limit::ban_expiry(key, now);
                     }
                     s.list_verdict = listed as u32;
                     s.list_expires_ns = expires;
                     s.list_gen = cfg.lists_gen;
                 }
-                let listed = s.list_verdict as usize;
-                (s, listed)
+                s
             }
             None => {
-                // Not tracked yet: look the lists up once and track the source with its
-                // verdict, so that its later packets cost one lookup whatever the verdict.
-                // (A flood of spoofed sources from a denied range churns the tracker: evicted
-                // sources restart with full buckets, and bans live on in BANS.)
-                let (listed, expires) = lists::verdict(&pkt.src, cfg.flags, now);
-                match limit::track(&key, cfg, now, listed, expires) {
+                let mut start = limit::Start {
+                    listed: reason::PASSED,
+                    list_expires: 0,
+                    banned: 0,
+                    known: false,
+                };
+                let why = front_stage(ctx, pkt, cfg, job, &mut start);
+                if why != TRACK {
+                    return why;
+                }
+                match limit::track(key, cfg, now, &start) {
                     // SAFETY: as above.
-                    Ok(s) => (unsafe { &mut *s }, listed),
+                    Some(s) => unsafe { &mut *s },
                     // Untrackable (never expected of an LRU): the lists, then any ban, hold.
-                    Err(_) if listed != reason::PASSED => return listed,
-                    Err(true) => return reason::BANNED,
-                    Err(false) => return reason::PASSED,
+                    None if start.listed != reason::PASSED => return start.listed,
+                    None if start.banned > now => return reason::BANNED,
+                    None => return passed(pkt),
                 }
             }
         };
-        state.packets += 1;
-        state.bytes += len;
-        if listed != reason::PASSED {
-            if listed == reason::DENIED {
-                state.dropped += 1;
-            }
-            return listed;
+        tracked(ctx, pkt, cfg, job, state)
+    }
+
+    /// `front_stage`'s answer for "track it (with what `start` now holds)", never a reason.
+    const TRACK: usize = usize::MAX;
+
+    /// A source the tracker does not hold: never seen, evicted, or not yet admitted. The lists
+    /// and bans are exact (a denied source is dropped on its first packet); a known source is
+    /// tracked at once; while its service is under attack an unknown source is held to the
+    /// newcomer budget and never tracked; otherwise it is tracked once the sketch admits it.
+    /// Returns the verdict, or `TRACK` with `start` filled in.
+    #[inline(never)]
+    fn front_stage(
+        ctx: &XdpContext,
+        pkt: &Packet,
+        cfg: &Config,
+        job: &Job,
+        start: &mut limit::Start,
+    ) -> usize {
+        let (now, key, svc) = (job.now, &job.key, &job.svc);
+        let (listed, expires) = lists::verdict(&pkt.src, cfg.flags, now);
+        start.listed = listed;
+        start.list_expires = expires;
+        if listed == reason::ALLOWED {
+            // One tracker lookup for its later packets, whatever else happens.
+            return TRACK;
         }
-        let why = limit::judge(state, &key, cfg, now, pkt.syn, ctx.ingress_ifindex() as u32);
+        if listed != reason::PASSED {
+            // Denied or prefix-banned: tracked (so later drops cost one lookup) only once the
+            // sketch admits it, so a flood from a denied range does not churn the tracker.
+            return if front::admitted(key, cfg, now) {
+                TRACK
+            } else {
+                listed
+            };
+        }
+        let banned = limit::ban_expiry(key, now);
+        if banned > now {
+            start.banned = banned;
+            return if front::admitted(key, cfg, now) {
+                TRACK
+            } else {
+                reason::BANNED
+            };
+        }
+        if known::is_known(key) {
+            start.known = true;
+            return TRACK;
+        }
+        let handshake = known::may_show_handshake(pkt, svc.tcp);
+        if svc.attack {
+            if !service::newcomer_conforms(svc, now) {
+                return reason::NEWCOMER_LIMITED;
+            }
+            if handshake
+                && known::established(ctx, pkt)
+                && known::promote(key, now, known_by::HANDSHAKE)
+            {
+                start.known = true;
+                return TRACK;
+            }
+            if !limit::prefix_conforms(&pkt.src, cfg, now) {
+                return reason::PREFIX_LIMITED;
+            }
+            return passed(pkt);
+        }
+        if handshake
+            && known::established(ctx, pkt)
+            && known::promote(key, now, known_by::HANDSHAKE)
+        {
+            start.known = true;
+            return TRACK;
+        }
+        if front::admitted(key, cfg, now) {
+            // Its prefix is charged as a tracked source's.
+            return TRACK;
+        }
+        if !limit::prefix_conforms(&pkt.src, cfg, now) {
+            return reason::PREFIX_LIMITED;
+        }
+        passed(pkt)
+    }
+
+    /// A tracked source: its cached list verdict, then (in neither list) its ban, the
+    /// newcomer budget and prefix bucket if it is not known, its own limits, and promotion.
+    #[inline(never)]
+    fn tracked(
+        ctx: &XdpContext,
+        pkt: &Packet,
+        cfg: &Config,
+        job: &Job,
+        state: &mut SourceState,
+    ) -> usize {
+        state.packets += 1;
+        state.bytes += job.len;
+        let listed = state.list_verdict as usize;
+        let why = if listed != reason::PASSED {
+            listed
+        } else {
+            unlisted(ctx, pkt, cfg, job, state)
+        };
+        if reason::drops(why) {
+            state.dropped += 1;
+            state.good_since_ns = job.now;
+        }
+        why
+    }
+
+    #[inline(always)]
+    fn unlisted(
+        ctx: &XdpContext,
+        pkt: &Packet,
+        cfg: &Config,
+        job: &Job,
+        state: &mut SourceState,
+    ) -> usize {
+        let (now, key, svc) = (job.now, &job.key, &job.svc);
+        if state.banned_until_ns > now {
+            return reason::BANNED;
+        }
+        let known = state.known != 0;
+        if !known {
+            if svc.attack && !service::newcomer_conforms(svc, now) {
+                return reason::NEWCOMER_LIMITED;
+            }
+            if !limit::prefix_conforms(&pkt.src, cfg, now) {
+                return reason::PREFIX_LIMITED;
+            }
+        }
+        let why = limit::judge(state, key, cfg, now, pkt.syn, ctx.ingress_ifindex() as u32);
         if why != reason::PASSED {
             return why;
         }
+        if known {
+            known::refresh(state, key, now);
+        } else if cfg.known_after_ns != 0
+            && now.saturating_sub(state.good_since_ns) >= cfg.known_after_ns
+        {
+            if known::promote(key, now, known_by::TIME) {
+                state.known = 1;
+                state.known_seen_ns = now;
+            } else {
+                // KNOWN is full: try again after another period in good standing.
+                state.good_since_ns = now;
+            }
+        } else if known::may_show_handshake(pkt, svc.tcp) {
+            known::promote_on_handshake(ctx, pkt, state, key, now);
+        }
+        passed(pkt)
+    }
+
+    /// A passing packet's reason: malformed (judged by its source) or passed.
+    #[inline(always)]
+    fn passed(pkt: &Packet) -> usize {
         if pkt.truncated {
             reason::MALFORMED
         } else {

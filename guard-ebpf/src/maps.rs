@@ -4,11 +4,19 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
-use guard_common::{Ban, Config, Counters, ListEntry, SourceKey, SourceState, capacity};
+use guard_common::{
+    Ban, Config, Counters, CpuState, Known, ListEntry, PrefixState, Service, ServiceStats,
+    SourceKey, SourceState, capacity,
+};
 
-/// `0 -> Config`. Userspace writes it; read once per packet. Never full (one slot).
+/// `0 | 1 -> Config`: two slots, so a reload never lets a packet read a half-written config.
+/// Userspace writes the slot not in use, then flips `CONFIG_SLOT`. Never full.
 #[map(name = "GUARD_CONFIG")]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub static CONFIG: Array<Config> = Array::with_max_entries(2, 0);
+
+/// `0 -> u32`: the current `CONFIG` slot (0 or 1). Written by userspace, read once per packet.
+#[map(name = "GUARD_CFG_SLOT")]
+pub static CONFIG_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// `ifindex % STATS_SLOTS -> Counters`, per CPU. Written per packet; userspace sums the CPUs.
 #[map(name = "GUARD_STATS")]
@@ -31,9 +39,21 @@ pub static DENY_V4: LpmTrie<[u8; 4], ListEntry> = LpmTrie::with_max_entries(capa
 #[map(name = "GUARD_DENY_V6")]
 pub static DENY_V6: LpmTrie<[u8; 16], ListEntry> = LpmTrie::with_max_entries(capacity::DENY_V6, 0);
 
-/// Source -> rate state. Written per packet; userspace reads it for `guard top`. When full the
-/// LRU evicts the least recently seen source, which then starts again with a full bucket: a
-/// spoofed flood can churn it, which is why bans live in `BANS`, not here.
+/// IPv4 prefix bans -> entry. The daemon escalates them and expires them; a full trie refuses
+/// the escalation in userspace (logged), and the sources' own bans still hold.
+#[map(name = "GUARD_PBANS_V4")]
+pub static PREFIX_BANS_V4: LpmTrie<[u8; 4], ListEntry> =
+    LpmTrie::with_max_entries(capacity::PREFIX_BANS_V4, 0);
+
+/// IPv6 prefix bans -> entry.
+#[map(name = "GUARD_PBANS_V6")]
+pub static PREFIX_BANS_V6: LpmTrie<[u8; 16], ListEntry> =
+    LpmTrie::with_max_entries(capacity::PREFIX_BANS_V6, 0);
+
+/// Source -> rate state. Written per packet; userspace reads it for `guard top`. Only sources
+/// admitted by the front stage (or known ones) are inserted, so a spoofed flood cannot churn
+/// it much; when full the LRU evicts the least recently seen source, which starts again in the
+/// front stage (its ban lives on in `BANS`, its known status in `KNOWN`).
 #[map(name = "GUARD_SOURCES")]
 pub static SOURCES: LruHashMap<SourceKey, SourceState> =
     LruHashMap::with_max_entries(capacity::SOURCES, 0);
@@ -48,3 +68,42 @@ pub static BANS: HashMap<SourceKey, Ban> = HashMap::with_max_entries(capacity::B
 /// ban itself is in `BANS`, which the daemon also scans.
 #[map(name = "GUARD_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS, 0);
+
+/// Known sources -> when they became known and were last seen. Inserted by the program only
+/// for a source in good standing (never for a never-seen one), refreshed once a second while
+/// it sends, expired by the daemon once it has been silent for `known_ttl_secs`. A plain hash,
+/// not an LRU, on purpose: when full, new sources are not made known (they stay newcomers)
+/// and no known source is ever pushed out, so a flood cannot evict the sources it competes
+/// with.
+#[map(name = "GUARD_KNOWN")]
+pub static KNOWN: HashMap<SourceKey, Known> = HashMap::with_max_entries(capacity::KNOWN, 0);
+
+/// Prefix (masked key) -> aggregate bucket, charged by unknown sources. When full the LRU
+/// evicts the least recently seen prefix, which starts again with a full bucket (fail open).
+#[map(name = "GUARD_PREFIXES")]
+pub static PREFIXES: LruHashMap<SourceKey, PrefixState> =
+    LruHashMap::with_max_entries(capacity::PREFIXES, 0);
+
+/// `(protocol slot << 16) | port -> service slot` (0: none). Written by userspace. Never full
+/// (one slot per protocol and port).
+#[map(name = "GUARD_SVC_PORTS")]
+pub static SERVICE_PORTS: Array<u32> = Array::with_max_entries(capacity::SERVICE_PORTS, 0);
+
+/// Service slot -> its mode (attack, newcomer budget). Written by userspace each second.
+#[map(name = "GUARD_SERVICES")]
+pub static SERVICES: Array<Service> = Array::with_max_entries(capacity::SERVICES, 0);
+
+/// Service slot -> per-CPU counts and newcomer bucket. Written per packet, summed by userspace.
+#[map(name = "GUARD_SVC_STATS")]
+pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
+    PerCpuArray::with_max_entries(capacity::SERVICES, 0);
+
+/// `0 -> CpuState`, per CPU: the front stage's sketch and the malformed-frame budget.
+#[map(name = "GUARD_CPU")]
+pub static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
+
+/// `0 -> Scratch`, per CPU: the packet being judged and what the pipeline found out about it,
+/// kept here rather than on the 512-byte stack. Never pinned: it holds nothing between
+/// packets (XDP never runs twice at once on one CPU).
+#[map(name = "GUARD_SCRATCH")]
+pub static SCRATCH: PerCpuArray<crate::program::Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -120,7 +120,7 @@ pub enum Reply {
         interval_ms: u64,
         sources: Vec<TopSource>,
     },
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     Reloaded(ReloadReport),
     Detached {
         interfaces: Vec<String>,
@@ -425,7 +425,7 @@ pub fn dispatch<D: Datapath>(
                 sources,
             })
         }
-        Request::Status => Ok(Reply::Status(lock(control).status())),
+        Request::Status => Ok(Reply::Status(Box::new(lock(control).status()))),
         Request::Reload | Request::Detach | Request::Health | Request::Operator { .. } => Err(
             "this server cannot reload, detach or report health: it is not the guard daemon"
                 .to_string(),

@@ -12,9 +12,13 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
+    datapath::ServiceProto,
     ebpf::AttachMode,
     health::{CheckSpec, HealthConfig, HealthError, HealthSettings},
 };
+
+/// Services at most: slot 0 of the program's service table is everything else.
+pub const MAX_SERVICES: usize = guard_common::capacity::SERVICES as usize - 1;
 
 /// The embedded default configuration, every key commented (`guard config default`).
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -133,9 +137,49 @@ impl ConfigError {
 struct RawConfig {
     datapath: RawDatapath,
     limits: RawLimits,
+    attack: RawAttack,
+    services: Option<Vec<Spanned<RawService>>>,
+    prefixes: RawPrefixes,
     control: RawControl,
     state: RawState,
     health: RawHealth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAttack {
+    learn: Option<bool>,
+    known_after_secs: Option<Spanned<i64>>,
+    known_ttl_secs: Option<Spanned<i64>>,
+    newcomer_share: Option<Spanned<f64>>,
+    enter_secs: Option<Spanned<i64>>,
+    leave_secs: Option<Spanned<i64>>,
+    factor: Option<Spanned<f64>>,
+    floor_pps: Option<Spanned<i64>>,
+    floor_syn_pps: Option<Spanned<i64>>,
+    admit_packets: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Spanned<String>,
+    protocol: Spanned<String>,
+    port: Spanned<i64>,
+    max_pps: Option<Spanned<i64>>,
+    max_syn_pps: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPrefixes {
+    ipv4: Option<Spanned<i64>>,
+    ipv6: Option<Spanned<i64>>,
+    pps: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
+    escalate_after: Option<Spanned<i64>>,
+    escalate_window: Option<Spanned<i64>>,
+    ban_seconds: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +201,8 @@ struct RawLimits {
     ban_seconds: Option<Spanned<i64>>,
     ipv4_prefix: Option<Spanned<i64>>,
     ipv6_prefix: Option<Spanned<i64>>,
+    malformed_pps: Option<Spanned<i64>>,
+    malformed_burst: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +244,9 @@ pub struct Settings {
     pub source: ConfigSource,
     pub datapath: DatapathSettings,
     pub limits: Limits,
+    pub attack: AttackSettings,
+    pub services: Vec<ServiceSettings>,
+    pub prefixes: PrefixSettings,
     pub control: ControlSettings,
     pub state: StateSettings,
     pub health: HealthSection,
@@ -222,6 +271,63 @@ pub struct Limits {
     pub ban_seconds: u64,
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
+    /// Frames with no readable source, per second for the host (0 = unlimited).
+    pub malformed_pps: u64,
+    pub malformed_burst: u64,
+}
+
+/// `[attack]`: when a service is under attack, and what known sources and newcomers get.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttackSettings {
+    /// Learn each service's normal rate (its ceiling is then `factor` times it).
+    pub learn: bool,
+    /// Good standing this long makes a source known; 0: never by time alone.
+    pub known_after_secs: u64,
+    /// A known source silent this long is forgotten.
+    pub known_ttl_secs: u64,
+    /// Of a service's ceiling, per second, for unknown sources while it is under attack.
+    pub newcomer_share: f64,
+    /// Seconds above the ceiling before a service is under attack.
+    pub enter_secs: u32,
+    /// Seconds below it before the attack is over.
+    pub leave_secs: u32,
+    /// A learned ceiling is the learned rate times this.
+    pub factor: f64,
+    /// A learned ceiling is never below this many packets per second.
+    pub floor_pps: u64,
+    /// Nor a learned SYN ceiling below this many SYNs per second.
+    pub floor_syn_pps: u64,
+    /// The front stage: packets a never-seen source sends (in about a second, on one CPU)
+    /// before it is tracked; 0 tracks every source at once.
+    pub admit_packets: u32,
+}
+
+/// `[[services]]`: a destination the guard watches for attacks.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceSettings {
+    pub name: String,
+    pub protocol: ServiceProto,
+    pub port: u16,
+    /// Packets per second above which it is under attack; `None`: learned.
+    pub max_pps: Option<u64>,
+    /// SYNs per second above which it is under attack (TCP); `None`: learned.
+    pub max_syn_pps: Option<u64>,
+}
+
+/// `[prefixes]`: aggregate buckets per prefix, and escalation of source bans to prefix bans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PrefixSettings {
+    pub ipv4: u8,
+    pub ipv6: u8,
+    /// Packets per second per prefix from sources that are not known; 0 = off.
+    pub pps: u64,
+    pub burst: u64,
+    /// This many source bans in one prefix within `escalate_window_secs` ban the prefix; 0 =
+    /// never.
+    pub escalate_after: u32,
+    pub escalate_window_secs: u64,
+    /// How long a prefix ban lasts.
+    pub ban_seconds: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -306,7 +412,7 @@ pub struct Overrides {
     /// Control socket path.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// bpffs directory for the pins (v1/ is appended).
+    /// bpffs directory for the pins (the layout version, v2/, is appended).
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
     /// Directory of the state file.
@@ -366,6 +472,30 @@ impl Settings {
                 ban_seconds: 60,
                 ipv4_prefix: 32,
                 ipv6_prefix: 64,
+                malformed_pps: 1_000,
+                malformed_burst: 2_000,
+            },
+            attack: AttackSettings {
+                learn: true,
+                known_after_secs: 10,
+                known_ttl_secs: 86_400,
+                newcomer_share: 0.1,
+                enter_secs: 2,
+                leave_secs: 10,
+                factor: 3.0,
+                floor_pps: 1_000,
+                floor_syn_pps: 100,
+                admit_packets: 4,
+            },
+            services: Vec::new(),
+            prefixes: PrefixSettings {
+                ipv4: 24,
+                ipv6: 48,
+                pps: 100_000,
+                burst: 200_000,
+                escalate_after: 8,
+                escalate_window_secs: 60,
+                ban_seconds: 600,
             },
             control: ControlSettings {
                 socket: PathBuf::from("/run/guard/guard.sock"),
@@ -420,6 +550,9 @@ impl Settings {
         let RawConfig {
             datapath,
             limits,
+            attack,
+            services,
+            prefixes,
             control,
             state,
             health,
@@ -468,8 +601,24 @@ impl Settings {
             ban_seconds,
             ipv4_prefix,
             ipv6_prefix,
+            malformed_pps,
+            malformed_burst,
         } = limits;
         let l = &mut out.limits;
+        v.set(
+            &mut l.malformed_pps,
+            malformed_pps,
+            "limits.malformed_pps",
+            0,
+            MAX_RATE,
+        )?;
+        v.set(
+            &mut l.malformed_burst,
+            malformed_burst,
+            "limits.malformed_burst",
+            0,
+            MAX_RATE,
+        )?;
         v.set(&mut l.pps, pps, "limits.pps", 0, MAX_RATE)?;
         v.set(&mut l.burst, burst, "limits.burst", 0, MAX_RATE)?;
         v.set(&mut l.syn_pps, syn_pps, "limits.syn_pps", 0, MAX_RATE)?;
@@ -487,6 +636,10 @@ impl Settings {
         let mut p6 = u64::from(l.ipv6_prefix);
         v.set(&mut p6, ipv6_prefix, "limits.ipv6_prefix", 1, 128)?;
         l.ipv6_prefix = p6 as u8;
+
+        out.attack = v.attack(attack)?;
+        out.prefixes = v.prefixes(prefixes, &out.limits)?;
+        out.services = v.services(services.unwrap_or_default(), out.attack.learn)?;
 
         let RawControl { socket } = control;
         if let Some(socket) = socket {
@@ -593,7 +746,16 @@ impl Settings {
             ban_seconds,
             ipv4_prefix,
             ipv6_prefix,
+            malformed_pps,
+            malformed_burst,
         } = self.limits;
+        let PrefixSettings {
+            ipv4: prefix_v4,
+            ipv6: prefix_v6,
+            pps: prefix_pps,
+            burst: prefix_burst,
+            ..
+        } = self.prefixes;
         Config {
             pps,
             burst,
@@ -608,11 +770,16 @@ impl Settings {
             },
             v4_prefix_len: u32::from(ipv4_prefix),
             v6_prefix_len: u32::from(ipv6_prefix),
-            _pad: 0,
+            admit_packets: self.attack.admit_packets,
+            known_after_ns: self.attack.known_after_secs * 1_000_000_000,
+            prefix_v4_len: u32::from(prefix_v4),
+            prefix_v6_len: u32::from(prefix_v6),
+            prefix_pps,
+            prefix_burst,
+            malformed_pps,
+            malformed_burst,
             // Derived by the datapath when it writes the config.
-            pkt_fill_ns: 0,
-            syn_fill_ns: 0,
-            lists_gen: 0,
+            ..Config::default()
         }
     }
 
@@ -643,6 +810,11 @@ impl Settings {
             state: StateSettings { dir },
             // Applied by a reload: new listeners are bound before the old ones close.
             health: _,
+            // Applied by a reload: the services are re-mapped, monitors of unchanged ones
+            // keep what they learned.
+            attack: _,
+            services: _,
+            prefixes: _,
         } = self;
         let mut out = Vec::new();
         if *interfaces != new.datapath.interfaces {
@@ -730,6 +902,290 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    fn set_f64(
+        &self,
+        slot: &mut f64,
+        raw: Option<Spanned<f64>>,
+        field: &str,
+        ok: impl Fn(f64) -> bool,
+        expected: &str,
+    ) -> Result<(), ConfigError> {
+        let Some(raw) = raw else { return Ok(()) };
+        let span = raw.span();
+        let value = raw.into_inner();
+        if !value.is_finite() || !ok(value) {
+            return Err(self.invalid(&span, field, value.to_string(), expected.to_string()));
+        }
+        *slot = value;
+        Ok(())
+    }
+
+    fn set_u32(
+        &self,
+        slot: &mut u32,
+        raw: Option<Spanned<i64>>,
+        field: &str,
+        min: u64,
+        max: u64,
+    ) -> Result<(), ConfigError> {
+        let mut wide = u64::from(*slot);
+        self.set(&mut wide, raw, field, min, max)?;
+        *slot = wide as u32;
+        Ok(())
+    }
+
+    /// `[attack]`: keys left out keep their defaults.
+    fn attack(&self, raw: RawAttack) -> Result<AttackSettings, ConfigError> {
+        let RawAttack {
+            learn,
+            known_after_secs,
+            known_ttl_secs,
+            newcomer_share,
+            enter_secs,
+            leave_secs,
+            factor,
+            floor_pps,
+            floor_syn_pps,
+            admit_packets,
+        } = raw;
+        let mut a = Settings::builtin().attack;
+        if let Some(learn) = learn {
+            a.learn = learn;
+        }
+        self.set(
+            &mut a.known_after_secs,
+            known_after_secs,
+            "attack.known_after_secs",
+            0,
+            86_400,
+        )?;
+        self.set(
+            &mut a.known_ttl_secs,
+            known_ttl_secs,
+            "attack.known_ttl_secs",
+            60,
+            MAX_BAN_SECONDS,
+        )?;
+        self.set_f64(
+            &mut a.newcomer_share,
+            newcomer_share,
+            "attack.newcomer_share",
+            |v| (0.0..=1.0).contains(&v),
+            "out of range: accepts 0 to 1 (a share of the service's ceiling, such as 0.1)",
+        )?;
+        self.set_u32(&mut a.enter_secs, enter_secs, "attack.enter_secs", 1, 3_600)?;
+        self.set_u32(
+            &mut a.leave_secs,
+            leave_secs,
+            "attack.leave_secs",
+            1,
+            86_400,
+        )?;
+        self.set_f64(
+            &mut a.factor,
+            factor,
+            "attack.factor",
+            |v| v > 1.0 && v <= 100.0,
+            "out of range: accepts more than 1, up to 100 (the learned rate times this)",
+        )?;
+        self.set(&mut a.floor_pps, floor_pps, "attack.floor_pps", 1, MAX_RATE)?;
+        self.set(
+            &mut a.floor_syn_pps,
+            floor_syn_pps,
+            "attack.floor_syn_pps",
+            1,
+            MAX_RATE,
+        )?;
+        self.set_u32(
+            &mut a.admit_packets,
+            admit_packets,
+            "attack.admit_packets",
+            0,
+            1_000,
+        )?;
+        Ok(a)
+    }
+
+    /// `[prefixes]`: keys left out keep their defaults (each length capped by the tracking
+    /// prefix).
+    fn prefixes(&self, raw: RawPrefixes, limits: &Limits) -> Result<PrefixSettings, ConfigError> {
+        let RawPrefixes {
+            ipv4,
+            ipv6,
+            pps,
+            burst,
+            escalate_after,
+            escalate_window,
+            ban_seconds,
+        } = raw;
+        let mut p = Settings::builtin().prefixes;
+        // A prefix holds whole tracked sources (and their bans), so it is at most as long as
+        // the tracking prefix.
+        let mut v4 = u64::from(p.ipv4.min(limits.ipv4_prefix));
+        self.set(
+            &mut v4,
+            ipv4,
+            "prefixes.ipv4",
+            8,
+            u64::from(limits.ipv4_prefix),
+        )?;
+        p.ipv4 = v4 as u8;
+        let mut v6 = u64::from(p.ipv6.min(limits.ipv6_prefix));
+        self.set(
+            &mut v6,
+            ipv6,
+            "prefixes.ipv6",
+            16,
+            u64::from(limits.ipv6_prefix),
+        )?;
+        p.ipv6 = v6 as u8;
+        self.set(&mut p.pps, pps, "prefixes.pps", 0, MAX_RATE)?;
+        self.set(&mut p.burst, burst, "prefixes.burst", 0, MAX_RATE)?;
+        self.set_u32(
+            &mut p.escalate_after,
+            escalate_after,
+            "prefixes.escalate_after",
+            0,
+            65_536,
+        )?;
+        self.set(
+            &mut p.escalate_window_secs,
+            escalate_window,
+            "prefixes.escalate_window",
+            1,
+            86_400,
+        )?;
+        self.set(
+            &mut p.ban_seconds,
+            ban_seconds,
+            "prefixes.ban_seconds",
+            1,
+            MAX_BAN_SECONDS,
+        )?;
+        Ok(p)
+    }
+
+    /// `[[services]]`: unique names and (protocol, port) pairs, ceilings where not learned.
+    fn services(
+        &self,
+        raw: Vec<Spanned<RawService>>,
+        learn: bool,
+    ) -> Result<Vec<ServiceSettings>, ConfigError> {
+        let mut out: Vec<ServiceSettings> = Vec::with_capacity(raw.len());
+        for (i, item) in raw.into_iter().enumerate() {
+            let whole = item.span();
+            let RawService {
+                name,
+                protocol,
+                port,
+                max_pps,
+                max_syn_pps,
+            } = item.into_inner();
+            let field = |key: &str| format!("services[{i}].{key}");
+            if i >= MAX_SERVICES {
+                return Err(self.invalid(
+                    &whole,
+                    "services",
+                    format!("{} entries", i + 1),
+                    format!("at most {MAX_SERVICES} services"),
+                ));
+            }
+            let (name_span, name) = (name.span(), name.into_inner());
+            if name.is_empty()
+                || name.len() > 32
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                return Err(self.invalid(
+                    &name_span,
+                    &field("name"),
+                    format!("{name:?}"),
+                    "1 to 32 letters, digits, '-', '_' or '.', such as \"dns\"".to_string(),
+                ));
+            }
+            if out.iter().any(|s| s.name == name) {
+                return Err(self.invalid(
+                    &name_span,
+                    &field("name"),
+                    format!("{name:?}"),
+                    "used twice: give each service its own name".to_string(),
+                ));
+            }
+            let (proto_span, proto) = (protocol.span(), protocol.into_inner());
+            let protocol = match proto.as_str() {
+                "udp" => ServiceProto::Udp,
+                "tcp" => ServiceProto::Tcp,
+                _ => {
+                    return Err(self.invalid(
+                        &proto_span,
+                        &field("protocol"),
+                        format!("{proto:?}"),
+                        "expected \"udp\" or \"tcp\"".to_string(),
+                    ));
+                }
+            };
+            let port_span = port.span();
+            let mut p = 0;
+            self.set(&mut p, Some(port), &field("port"), 1, 65_535)?;
+            let port = p as u16;
+            if let Some(other) = out
+                .iter()
+                .find(|s| s.protocol == protocol && s.port == port)
+            {
+                return Err(self.invalid(
+                    &port_span,
+                    &field("port"),
+                    port.to_string(),
+                    format!(
+                        "{} port {port} is already service {:?}: one service per protocol and port",
+                        protocol.name(),
+                        other.name
+                    ),
+                ));
+            }
+            let ceiling =
+                |raw: Option<Spanned<i64>>, key: &str| -> Result<Option<u64>, ConfigError> {
+                    match raw {
+                        None => Ok(None),
+                        Some(r) => {
+                            let mut v = 0;
+                            self.set(&mut v, Some(r), &field(key), 1, MAX_RATE)?;
+                            Ok(Some(v))
+                        }
+                    }
+                };
+            let max_pps_span = max_pps.as_ref().map(Spanned::span);
+            let max_pps = ceiling(max_pps, "max_pps")?;
+            let syn_span = max_syn_pps.as_ref().map(Spanned::span);
+            let max_syn_pps = ceiling(max_syn_pps, "max_syn_pps")?;
+            if let (Some(span), ServiceProto::Udp) = (&syn_span, protocol) {
+                return Err(self.invalid(
+                    span,
+                    &field("max_syn_pps"),
+                    max_syn_pps.unwrap_or_default().to_string(),
+                    "only a tcp service has SYNs: remove it or set protocol = \"tcp\"".to_string(),
+                ));
+            }
+            if !learn && max_pps.is_none() {
+                return Err(self.invalid(
+                    max_pps_span.as_ref().unwrap_or(&whole),
+                    &field("max_pps"),
+                    "(none)".to_string(),
+                    "required when [attack] learn = false: the packets per second above which the service is under attack".to_string(),
+                ));
+            }
+            out.push(ServiceSettings {
+                name,
+                protocol,
+                port,
+                max_pps,
+                max_syn_pps,
+            });
+        }
+        Ok(out)
+    }
+
     /// Builds and validates the `[health]` section: keys left out keep their defaults.
     fn health(&self, raw: RawHealth) -> Result<HealthSection, ConfigError> {
         let RawHealth {
@@ -1032,6 +1488,106 @@ mod tests {
         let e = parse("[limits]\npps = 4294967297\n").unwrap_err();
         assert!(e.to_string().contains("4294967297"), "{e}");
         assert!(parse("[limits]\npps = 4294967296\n").is_ok());
+    }
+
+    #[test]
+    fn services_attack_and_prefixes_are_read() {
+        let s = parse(
+            "[attack]\nknown_after_secs = 30\nnewcomer_share = 0.25\n\
+             [prefixes]\nipv4 = 20\nescalate_after = 3\nescalate_window = 10\n\
+             [[services]]\nname = \"dns\"\nprotocol = \"udp\"\nport = 53\nmax_pps = 50000\n\
+             [[services]]\nname = \"web\"\nprotocol = \"tcp\"\nport = 443\n",
+        )
+        .unwrap();
+        assert_eq!(s.attack.known_after_secs, 30);
+        assert_eq!(s.attack.newcomer_share, 0.25);
+        assert_eq!((s.prefixes.ipv4, s.prefixes.escalate_after), (20, 3));
+        assert_eq!(s.prefixes.escalate_window_secs, 10);
+        assert_eq!(s.services.len(), 2);
+        assert_eq!(s.services[0].max_pps, Some(50_000));
+        assert_eq!(
+            (
+                s.services[1].protocol,
+                s.services[1].port,
+                s.services[1].max_pps
+            ),
+            (ServiceProto::Tcp, 443, None)
+        );
+        let k = s.kernel_config();
+        assert_eq!(k.known_after_ns, 30_000_000_000);
+        assert_eq!((k.prefix_v4_len, k.prefix_v6_len), (20, 48));
+    }
+
+    #[test]
+    fn bad_services_and_attack_values_name_line_field_and_what_is_accepted() {
+        let svc = |body: &str| format!("[[services]]\nname = \"dns\"\n{body}");
+        for (text, line, field, accepted) in [
+            (
+                svc("protocol = \"udp\"\nport = 70000\n"),
+                4,
+                "services[0].port = 70000",
+                "accepts 1 to 65535",
+            ),
+            (
+                svc("protocol = \"sctp\"\nport = 53\n"),
+                3,
+                "services[0].protocol = \"sctp\"",
+                "expected \"udp\" or \"tcp\"",
+            ),
+            (
+                "[attack]\nnewcomer_share = 2\n".to_string(),
+                2,
+                "attack.newcomer_share = 2",
+                "accepts 0 to 1",
+            ),
+            (
+                "[attack]\nfactor = 1\n".to_string(),
+                2,
+                "attack.factor = 1",
+                "more than 1",
+            ),
+            (
+                svc("protocol = \"udp\"\nport = 53\nmax_syn_pps = 10\n"),
+                5,
+                "services[0].max_syn_pps = 10",
+                "only a tcp service",
+            ),
+            (
+                format!(
+                    "{}[[services]]\nname = \"dns2\"\nprotocol = \"udp\"\nport = 53\n",
+                    svc("protocol = \"udp\"\nport = 53\n")
+                ),
+                8,
+                "services[1].port = 53",
+                "already service \"dns\"",
+            ),
+            (
+                "[prefixes]\nipv4 = 30\n[limits]\nipv4_prefix = 24\n".to_string(),
+                2,
+                "prefixes.ipv4 = 30",
+                "accepts 8 to 24",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            let msg = e.to_string();
+            assert_eq!(e.line(), Some(line), "{text:?}: {msg}");
+            assert!(msg.contains(field), "{text:?}: {msg}");
+            assert!(msg.contains(accepted), "{text:?}: {msg}");
+        }
+        // A ceiling is required without learning, and the message says why.
+        let e = parse(&format!(
+            "[attack]\nlearn = false\n{}",
+            svc("protocol = \"udp\"\nport = 53\n")
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("required when [attack] learn = false"),
+            "{e}"
+        );
+        // An unknown key in a service is refused like any other.
+        let e = parse(&svc("protocol = \"udp\"\nport = 53\nmax_ppps = 1\n")).unwrap_err();
+        assert!(e.to_string().contains("max_ppps"), "{e}");
     }
 
     #[test]

@@ -74,6 +74,9 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// map read that grows with an attack (up to 131,072 entries), so not every second.
 const SOURCE_COUNT_EVERY: Duration = Duration::from_secs(10);
 
+/// How often the services' learned rates are saved (they also go with every other save).
+const LEARNED_SAVE_EVERY: Duration = Duration::from_secs(300);
+
 /// How long `guard drain|maint|ready` waits for a health report that shows the change.
 const OPERATOR_WAIT: Duration = Duration::from_secs(3);
 
@@ -252,6 +255,19 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
         }
     );
     let r = control.restore(saved).map_err(DaemonError::Restore)?;
+    control
+        .apply_services()
+        .map_err(DaemonError::KernelConfig)?;
+    for svc in &control.settings().services {
+        log::info!(
+            "service {}: {}/{}, ceiling {}",
+            svc.name,
+            svc.protocol.name(),
+            svc.port,
+            svc.max_pps
+                .map_or_else(|| "learned".to_string(), |c| format!("{c} packets/s"))
+        );
+    }
     log::info!(
         "restored {} allow and {} deny entries and {} bans{}{}{}",
         r.allow,
@@ -367,6 +383,9 @@ impl Published {
             bans_active: 0,
             maps: &[],
             health: Some(&report),
+            services: &[],
+            known_sources: 0,
+            prefix_bans: 0,
         });
         Self {
             report: RwLock::new(report),
@@ -511,6 +530,9 @@ struct HealthInputs {
     bans_active: usize,
     operator: Option<crate::health::Override>,
     seq: u64,
+    services: Vec<crate::attack::ServiceReport>,
+    known_sources: usize,
+    prefix_bans: usize,
 }
 
 /// The running daemon, shared with the control socket's threads.
@@ -526,6 +548,8 @@ struct Daemon<D: Datapath> {
     sources: Mutex<Option<(usize, Instant)>>,
     /// Whether the program is attached to an interface (the kernel's answer, or a test's).
     link_check: fn(&Path, &str) -> xdp_link::LinkState,
+    /// When the learned rates were last saved.
+    learned_saved: Mutex<Instant>,
 }
 
 impl<D: Datapath + BanEvents> Daemon<D> {
@@ -545,6 +569,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             published,
             sources: Mutex::new(None),
             link_check: xdp_link::check,
+            learned_saved: Mutex::new(Instant::now()),
         }
     }
 
@@ -576,6 +601,14 @@ impl<D: Datapath + BanEvents> Daemon<D> {
                 log::warn!("{line}");
             }
         }
+        match control.attack_tick() {
+            Ok(changes) => {
+                for t in &changes {
+                    log::warn!("{}", crate::attack::describe(t));
+                }
+            }
+            Err(e) => log::error!("reading the services' rates: {}", error_chain(&e)),
+        }
         let sweep = control.sweep();
         let loop_sound = sweep.is_ok();
         match sweep {
@@ -588,8 +621,30 @@ impl<D: Datapath + BanEvents> Daemon<D> {
                         s.expired_bans
                     );
                 }
+                for b in &s.escalated {
+                    log::warn!(
+                        "banned the prefix {} until {}: its sources kept getting banned (escalation)",
+                        b.source,
+                        state::format_unix(b.expires)
+                    );
+                }
+                if s.expired_known > 0 {
+                    log::info!(
+                        "forgot {} known sources that had been silent too long",
+                        s.expired_known
+                    );
+                }
             }
             Err(e) => log::error!("expiry sweep: {}", error_chain(&e)),
+        }
+        {
+            let mut saved = self.learned_saved.lock().unwrap_or_else(|p| p.into_inner());
+            if saved.elapsed() >= LEARNED_SAVE_EVERY {
+                if let Err(e) = control.save_learned() {
+                    log::warn!("saving the learned rates: {}", error_chain(&e));
+                }
+                *saved = Instant::now();
+            }
         }
         match control.expire_operator() {
             Ok(true) => log::info!("the operator's health override expired"),
@@ -620,6 +675,9 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             bans_active: control.bans_active(),
             operator: control.operator().cloned(),
             seq: control.operator_seq(),
+            services: control.service_reports(),
+            known_sources: control.known_count(),
+            prefix_bans: control.status().prefix_bans,
         }
     }
 
@@ -635,6 +693,9 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             bans_active,
             operator,
             seq,
+            services,
+            known_sources,
+            prefix_bans,
         } = inputs;
         let mut health = self.lock_health();
         let mut sum = guard_common::Counters::default();
@@ -680,6 +741,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             checks,
             operator,
             drop_rate_pps,
+            services: services.clone(),
         });
         let kind = report.status.kind();
         if health.last_status != Some(kind) {
@@ -698,6 +760,9 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             bans_active: bans_active as u64,
             maps: &maps,
             health: Some(&report),
+            services: &services,
+            known_sources: known_sources as u64,
+            prefix_bans: prefix_bans as u64,
         });
         self.published.publish(report, text, seq);
     }

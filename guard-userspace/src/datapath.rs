@@ -1,6 +1,8 @@
 //! Kernel access behind a small trait, so the control plane (lists, TTLs, bans, health) can be
 //! tested without a kernel. `crate::ebpf::KernelDatapath` is the real one.
-use guard_common::{Ban, Config, Counters, ListEntry, SourceKey, SourceState};
+use guard_common::{
+    Ban, Config, Counters, Known, ListEntry, Service, ServiceStats, SourceKey, SourceState,
+};
 
 use crate::cidr::Cidr;
 
@@ -78,4 +80,55 @@ pub trait Datapath {
     fn counters(&self) -> Result<Vec<(u32, Counters)>, DatapathError>;
     /// The sources the tracker holds now.
     fn sources(&self) -> Result<Vec<(SourceKey, SourceState)>, DatapathError>;
+
+    /// Inserts or replaces a prefix ban (`reason::BAN_PREFIX`): a CIDR the program drops as
+    /// banned after the allow and deny lists.
+    fn prefix_ban_insert(&mut self, cidr: &Cidr, entry: ListEntry) -> Result<(), DatapathError>;
+    /// Lifts a prefix ban; false if there was none.
+    fn prefix_ban_remove(&mut self, cidr: &Cidr) -> Result<bool, DatapathError>;
+    fn prefix_bans(&self) -> Result<Vec<(Cidr, ListEntry)>, DatapathError>;
+
+    /// Points each `(protocol, port)` at its service slot (1..); every other port goes to
+    /// slot 0. Replaces the previous mapping as a whole.
+    fn set_service_ports(
+        &mut self,
+        ports: &[(ServiceProto, u16, u32)],
+    ) -> Result<(), DatapathError>;
+    /// Writes a service slot's mode (attack, newcomer budget).
+    fn set_service(&mut self, slot: u32, service: &Service) -> Result<(), DatapathError>;
+    /// The per-service counts summed over CPUs, indexed by slot (every slot).
+    fn service_stats(&self) -> Result<Vec<ServiceStats>, DatapathError>;
+
+    /// The known sources.
+    fn known(&self) -> Result<Vec<(SourceKey, Known)>, DatapathError>;
+    /// Makes a source known (restore); replaces any entry.
+    fn known_insert(&mut self, key: &SourceKey, known: &Known) -> Result<(), DatapathError>;
+    /// Forgets a known source (expiry): also its tracker entry, which caches the status.
+    fn known_remove(&mut self, key: &SourceKey) -> Result<bool, DatapathError>;
+}
+
+/// A service's transport protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceProto {
+    Tcp,
+    Udp,
+}
+
+impl ServiceProto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+
+    /// The slot index in `SERVICE_PORTS` of this protocol's `port`.
+    pub fn port_slot(self, port: u16) -> u32 {
+        let base = match self {
+            Self::Tcp => 0,
+            Self::Udp => 1,
+        };
+        (base << 16) | u32::from(port)
+    }
 }

@@ -18,14 +18,15 @@ use aya::{
     },
 };
 use guard_common::{
-    Ban, BanEvent, Config, Counters, FLAG_CACHE_V4, FLAG_CACHE_V6, FLAG_HAS_ALLOW_V4,
-    FLAG_HAS_ALLOW_V6, FLAG_HAS_DENY_V4, FLAG_HAS_DENY_V6, FLAG_LIST_HINTS, LAYOUT_VERSION,
-    LIST_HINT_BITS, ListEntry, PROGRAM_NAME, SourceKey, SourceState, capacity, fill_ns, map_names,
+    Ban, BanEvent, Config, Counters, CpuState, FLAG_CACHE_V4, FLAG_CACHE_V6, FLAG_HAS_ALLOW_V4,
+    FLAG_HAS_ALLOW_V6, FLAG_HAS_DENY_V4, FLAG_HAS_DENY_V6, FLAG_HAS_PBAN_V4, FLAG_HAS_PBAN_V6,
+    FLAG_LIST_HINTS, FLAG_SERVICES, Gcra, Known, LAYOUT_VERSION, LIST_HINT_BITS, ListEntry,
+    PROGRAM_NAME, PrefixState, Service, ServiceStats, SourceKey, SourceState, capacity, map_names,
 };
 
 use crate::{
     cidr::Cidr,
-    datapath::{Datapath, DatapathError, List},
+    datapath::{Datapath, DatapathError, List, ServiceProto},
 };
 
 /// The compiled guard-ebpf object, embedded at build time (see build.rs).
@@ -152,38 +153,29 @@ pub fn ensure_bpffs() -> Result<(), LoadError> {
 fn expected_layout(name: &str) -> Option<(MapType, u32, u32, u32)> {
     use std::mem::size_of;
     let sz = |n: usize| n as u32;
+    let trie = |v4: bool, cap| {
+        (
+            MapType::LpmTrie,
+            if v4 { 8 } else { 20 },
+            sz(size_of::<ListEntry>()),
+            cap,
+        )
+    };
     Some(match name {
-        map_names::CONFIG => (MapType::Array, 4, sz(size_of::<Config>()), 1),
+        map_names::CONFIG => (MapType::Array, 4, sz(size_of::<Config>()), 2),
+        map_names::CONFIG_SLOT => (MapType::Array, 4, 4, 1),
         map_names::STATS => (
             MapType::PerCpuArray,
             4,
             sz(size_of::<Counters>()),
             capacity::STATS_SLOTS,
         ),
-        map_names::ALLOW_V4 => (
-            MapType::LpmTrie,
-            8,
-            sz(size_of::<ListEntry>()),
-            capacity::ALLOW_V4,
-        ),
-        map_names::ALLOW_V6 => (
-            MapType::LpmTrie,
-            20,
-            sz(size_of::<ListEntry>()),
-            capacity::ALLOW_V6,
-        ),
-        map_names::DENY_V4 => (
-            MapType::LpmTrie,
-            8,
-            sz(size_of::<ListEntry>()),
-            capacity::DENY_V4,
-        ),
-        map_names::DENY_V6 => (
-            MapType::LpmTrie,
-            20,
-            sz(size_of::<ListEntry>()),
-            capacity::DENY_V6,
-        ),
+        map_names::ALLOW_V4 => trie(true, capacity::ALLOW_V4),
+        map_names::ALLOW_V6 => trie(false, capacity::ALLOW_V6),
+        map_names::DENY_V4 => trie(true, capacity::DENY_V4),
+        map_names::DENY_V6 => trie(false, capacity::DENY_V6),
+        map_names::PREFIX_BANS_V4 => trie(true, capacity::PREFIX_BANS_V4),
+        map_names::PREFIX_BANS_V6 => trie(false, capacity::PREFIX_BANS_V6),
         map_names::SOURCES => (
             MapType::LruHash,
             16,
@@ -192,6 +184,27 @@ fn expected_layout(name: &str) -> Option<(MapType, u32, u32, u32)> {
         ),
         map_names::BANS => (MapType::Hash, 16, sz(size_of::<Ban>()), capacity::BANS),
         map_names::EVENTS => (MapType::RingBuf, 0, 0, capacity::EVENTS),
+        map_names::KNOWN => (MapType::Hash, 16, sz(size_of::<Known>()), capacity::KNOWN),
+        map_names::PREFIXES => (
+            MapType::LruHash,
+            16,
+            sz(size_of::<PrefixState>()),
+            capacity::PREFIXES,
+        ),
+        map_names::SERVICE_PORTS => (MapType::Array, 4, 4, capacity::SERVICE_PORTS),
+        map_names::SERVICES => (
+            MapType::Array,
+            4,
+            sz(size_of::<Service>()),
+            capacity::SERVICES,
+        ),
+        map_names::SERVICE_STATS => (
+            MapType::PerCpuArray,
+            4,
+            sz(size_of::<ServiceStats>()),
+            capacity::SERVICES,
+        ),
+        map_names::CPU_STATE => (MapType::PerCpuArray, 4, sz(size_of::<CpuState>()), 1),
         _ => return None,
     })
 }
@@ -337,6 +350,7 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
     let mut datapath = load(Some(&dir))?;
     let links_dir = dir.join("links");
     fs::create_dir_all(&links_dir).map_err(io_err("create", &links_dir))?;
+    migrate_older_layouts(&opts.pin_dir, &links_dir)?;
     let pinned = link_pins(&links_dir);
     let mut attachments = Vec::new();
     for iface in &opts.interfaces {
@@ -440,6 +454,38 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
     })
 }
 
+/// An upgrade from an older layout (`<pin_dir>/v<N>` with N below this one): its pinned links
+/// move into this layout's `links/`, where `start` adopts them like its own and swaps the new
+/// program in (`BPF_LINK_UPDATE`), so no interface is ever left without the guard; its maps are
+/// unpinned (the daemon restores the lists and bans from the state file). Returns the
+/// interfaces whose links moved.
+fn migrate_older_layouts(pin_dir: &Path, links_dir: &Path) -> Result<Vec<String>, LoadError> {
+    let mut moved = Vec::new();
+    for version in 1..LAYOUT_VERSION {
+        let old = pin_dir.join(format!("v{version}"));
+        if !old.exists() {
+            continue;
+        }
+        for (iface, mode, path) in link_pins(&old.join("links")) {
+            let to = links_dir.join(link_pin_name(&iface, &mode));
+            if to.exists() {
+                // This layout pinned it already: the old pin is a second reference.
+                fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                continue;
+            }
+            fs::rename(&path, &to).map_err(io_err("move", &path))?;
+            moved.push(iface);
+        }
+        remove_pins(&old)?;
+        log::warn!(
+            "upgraded the pins of layout v{version} under {}: {} link(s) adopted, its maps removed (lists and bans come from the state file)",
+            old.display(),
+            moved.len()
+        );
+    }
+    Ok(moved)
+}
+
 fn remove_pins(dir: &Path) -> Result<Vec<String>, LoadError> {
     let mut detached = Vec::new();
     for (iface, _, path) in link_pins(&dir.join("links")) {
@@ -467,7 +513,14 @@ fn remove_pins(dir: &Path) -> Result<Vec<String>, LoadError> {
 /// # Errors
 /// When a pin cannot be removed.
 pub fn detach(pin_dir: &Path) -> Result<Vec<String>, LoadError> {
-    let detached = remove_pins(&versioned_dir(pin_dir))?;
+    let mut detached = remove_pins(&versioned_dir(pin_dir))?;
+    // An older layout's pins too (a host that never ran the daemon since an upgrade).
+    for version in 1..LAYOUT_VERSION {
+        let old = pin_dir.join(format!("v{version}"));
+        if old.exists() {
+            detached.extend(remove_pins(&old)?);
+        }
+    }
     // The root too, if nothing else lives there.
     let _ = fs::remove_dir(pin_dir);
     Ok(detached)
@@ -485,15 +538,22 @@ fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> Data
 pub struct KernelDatapath {
     ebpf: Ebpf,
     config: Array<MapData, Config>,
+    config_slot: Array<MapData, u32>,
     stats: PerCpuArray<MapData, Counters>,
     allow_v4: LpmTrie<MapData, [u8; 4], ListEntry>,
     allow_v6: LpmTrie<MapData, [u8; 16], ListEntry>,
     deny_v4: LpmTrie<MapData, [u8; 4], ListEntry>,
     deny_v6: LpmTrie<MapData, [u8; 16], ListEntry>,
+    pbans_v4: LpmTrie<MapData, [u8; 4], ListEntry>,
+    pbans_v6: LpmTrie<MapData, [u8; 16], ListEntry>,
     sources: HashMap<MapData, SourceKey, SourceState>,
     bans: HashMap<MapData, SourceKey, Ban>,
     events: RingBuf<MapData>,
-    /// The config as last set, without the list hints.
+    known: HashMap<MapData, SourceKey, Known>,
+    service_ports: Array<MapData, u32>,
+    services: Array<MapData, Service>,
+    service_stats: PerCpuArray<MapData, ServiceStats>,
+    /// The config as last set, without the list hints and derived fields.
     base: Config,
     /// `FLAG_HAS_*` bits of the lists known to have entries (see `guard_common::LIST_HINT_BITS`).
     hints: u32,
@@ -502,7 +562,45 @@ pub struct KernelDatapath {
     max_prefix: [u8; 2],
     /// `Config::lists_gen`, bumped on every list change.
     lists_gen: u64,
+    /// The `CONFIG` slot in force, and when it was made so.
+    slot: u32,
+    flipped: Option<std::time::Instant>,
+    /// `SERVICE_PORTS` indexes set to a service (to clear on the next mapping).
+    mapped_ports: Vec<u32>,
+    /// Possible CPUs: budgets enforced per CPU are shared out among them.
+    cpus: u32,
 }
+
+type V4Trie = LpmTrie<MapData, [u8; 4], ListEntry>;
+type V6Trie = LpmTrie<MapData, [u8; 16], ListEntry>;
+type Tries<'a> = (&'a V4Trie, &'a V6Trie, &'static str, &'static str);
+type TriesMut<'a> = (
+    &'a mut V4Trie,
+    &'a mut V6Trie,
+    (&'static str, u32),
+    (&'static str, u32),
+);
+
+/// Which LPM trie pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trie {
+    Allow,
+    Deny,
+    PrefixBan,
+}
+
+impl From<List> for Trie {
+    fn from(l: List) -> Self {
+        match l {
+            List::Allow => Self::Allow,
+            List::Deny => Self::Deny,
+        }
+    }
+}
+
+/// A program run can last at most microseconds (XDP runs with preemption off), so once the
+/// config slot index has flipped and this much time passed, no run still reads the old slot.
+const SLOT_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl KernelDatapath {
     fn new(mut ebpf: Ebpf) -> Result<Self, LoadError> {
@@ -513,35 +611,50 @@ impl KernelDatapath {
             let map = ebpf.take_map(name).ok_or(LoadError::Missing(name))?;
             T::try_from(map).map_err(|source| LoadError::Map { map: name, source })
         }
+        let cpus = aya::util::nr_cpus().map_err(|(path, source)| LoadError::Io {
+            op: "read",
+            path: path.into(),
+            source,
+        })? as u32;
         Ok(Self {
             config: take(&mut ebpf, map_names::CONFIG)?,
+            config_slot: take(&mut ebpf, map_names::CONFIG_SLOT)?,
             stats: take(&mut ebpf, map_names::STATS)?,
             allow_v4: take(&mut ebpf, map_names::ALLOW_V4)?,
             allow_v6: take(&mut ebpf, map_names::ALLOW_V6)?,
             deny_v4: take(&mut ebpf, map_names::DENY_V4)?,
             deny_v6: take(&mut ebpf, map_names::DENY_V6)?,
+            pbans_v4: take(&mut ebpf, map_names::PREFIX_BANS_V4)?,
+            pbans_v6: take(&mut ebpf, map_names::PREFIX_BANS_V6)?,
             sources: take(&mut ebpf, map_names::SOURCES)?,
             bans: take(&mut ebpf, map_names::BANS)?,
             events: take(&mut ebpf, map_names::EVENTS)?,
+            known: take(&mut ebpf, map_names::KNOWN)?,
+            service_ports: take(&mut ebpf, map_names::SERVICE_PORTS)?,
+            services: take(&mut ebpf, map_names::SERVICES)?,
+            service_stats: take(&mut ebpf, map_names::SERVICE_STATS)?,
             ebpf,
             base: Config::default(),
             hints: 0,
             max_prefix: [0, 0],
             lists_gen: 0,
+            slot: 0,
+            flipped: None,
+            mapped_ports: Vec::new(),
+            cpus: cpus.max(1),
         })
         .and_then(|mut dp| {
             // Adopted maps keep their config and entries: start from them.
-            let current = dp.config.get(&0, 0).map_err(|source| LoadError::Map {
+            let slot = dp.config_slot.get(&0, 0).map_err(|source| LoadError::Map {
+                map: map_names::CONFIG_SLOT,
+                source,
+            })? & 1;
+            let current = dp.config.get(&slot, 0).map_err(|source| LoadError::Map {
                 map: map_names::CONFIG,
                 source,
             })?;
-            dp.base = Config {
-                flags: current.flags & !LIST_HINT_BITS,
-                pkt_fill_ns: 0,
-                syn_fill_ns: 0,
-                lists_gen: 0,
-                ..current
-            };
+            dp.slot = slot;
+            dp.base = user_view(&current);
             // Continue the adopted generation: the pinned tracker holds verdicts cached under
             // every generation up to it.
             dp.lists_gen = current.lists_gen + 1;
@@ -550,11 +663,22 @@ impl KernelDatapath {
                 FLAG_HAS_ALLOW_V6,
                 FLAG_HAS_DENY_V4,
                 FLAG_HAS_DENY_V6,
+                FLAG_HAS_PBAN_V4,
+                FLAG_HAS_PBAN_V6,
             ] {
                 if dp.trie_has_entries(bit) {
                     dp.hints |= bit;
                 }
             }
+            // The ports an adopted mapping points at a service.
+            dp.mapped_ports = dp
+                .service_ports
+                .iter()
+                .filter_map(Result::ok)
+                .enumerate()
+                .filter(|(_, slot)| *slot != 0)
+                .map(|(i, _)| i as u32)
+                .collect();
             // The adopted entries' longest prefixes decide whether the verdict cache may be on.
             let longest = |keys: &mut dyn Iterator<Item = u32>| keys.max().unwrap_or(0) as u8;
             dp.max_prefix = [
@@ -563,6 +687,7 @@ impl KernelDatapath {
                         .allow_v4
                         .keys()
                         .chain(dp.deny_v4.keys())
+                        .chain(dp.pbans_v4.keys())
                         .filter_map(Result::ok)
                         .map(|k| k.prefix_len()),
                 ),
@@ -571,6 +696,7 @@ impl KernelDatapath {
                         .allow_v6
                         .keys()
                         .chain(dp.deny_v6.keys())
+                        .chain(dp.pbans_v6.keys())
                         .filter_map(Result::ok)
                         .map(|k| k.prefix_len()),
                 ),
@@ -581,6 +707,11 @@ impl KernelDatapath {
         })
     }
 
+    /// Possible CPUs, among which the per-CPU budgets are shared out.
+    pub fn cpus(&self) -> u32 {
+        self.cpus
+    }
+
     /// Does the trie behind hint `bit` hold any entry? (One BPF_MAP_GET_NEXT_KEY.)
     fn trie_has_entries(&self, bit: u32) -> bool {
         match bit {
@@ -588,16 +719,23 @@ impl KernelDatapath {
             FLAG_HAS_ALLOW_V6 => self.allow_v6.keys().next().is_some(),
             FLAG_HAS_DENY_V4 => self.deny_v4.keys().next().is_some(),
             FLAG_HAS_DENY_V6 => self.deny_v6.keys().next().is_some(),
+            FLAG_HAS_PBAN_V4 => self.pbans_v4.keys().next().is_some(),
+            FLAG_HAS_PBAN_V6 => self.pbans_v6.keys().next().is_some(),
             _ => true,
         }
     }
 
-    /// Writes the config with the list hints, which let the program skip lookups of empty
-    /// lists. The hint for a list is set after its first entry is in, and cleared after its
-    /// last is out, so the program never skips a list that has entries.
+    /// Writes the config with the list hints (which let the program skip lookups of empty
+    /// lists) and the derived GCRA parameters. The hint for a list is set after its first
+    /// entry is in, and cleared after its last is out, so the program never skips a list that
+    /// has entries.
+    ///
+    /// The write goes to the slot not in use, and the slot index flips after it, so a packet
+    /// reads either the whole old config or the whole new one (never a mix, such as a new
+    /// lists generation with old cache flags). Before a slot is written again, `SLOT_GRACE`
+    /// has passed since it was last in use.
     fn write_config(&mut self) -> Result<(), DatapathError> {
         let b = &self.base;
-        let fill = |rate, burst| if rate == 0 { 0 } else { fill_ns(rate, burst) };
         // The verdict cache is sound only if every list entry covers whole tracked sources.
         let v4_track = if b.v4_prefix_len == 0 {
             32
@@ -616,32 +754,118 @@ impl KernelDatapath {
         if u32::from(self.max_prefix[1]) <= v6_track {
             cache |= FLAG_CACHE_V6;
         }
+        let services = if self.mapped_ports.is_empty() {
+            0
+        } else {
+            FLAG_SERVICES
+        };
+        let pkt = Gcra::new(b.pps, b.burst);
+        let syn = Gcra::new(b.syn_pps, b.syn_burst);
+        let prefix = Gcra::new(b.prefix_pps, b.prefix_burst);
+        // Enforced per CPU: each CPU gets its share of the rate (and the whole burst).
+        let malformed = if b.malformed_pps == 0 {
+            Gcra::default()
+        } else {
+            Gcra::from_f64(
+                b.malformed_pps as f64 / f64::from(self.cpus),
+                b.malformed_burst,
+            )
+        };
         let cfg = Config {
-            flags: b.flags | FLAG_LIST_HINTS | self.hints | cache,
-            pkt_fill_ns: fill(b.pps, b.burst),
-            syn_fill_ns: fill(b.syn_pps, b.syn_burst),
+            flags: b.flags | FLAG_LIST_HINTS | self.hints | cache | services,
             lists_gen: self.lists_gen,
+            pkt_interval_ns: pkt.interval_ns,
+            pkt_tolerance_ns: pkt.tolerance_ns,
+            syn_interval_ns: syn.interval_ns,
+            syn_tolerance_ns: syn.tolerance_ns,
+            prefix_interval_ns: prefix.interval_ns,
+            prefix_tolerance_ns: prefix.tolerance_ns,
+            malformed_interval_ns: malformed.interval_ns,
+            malformed_tolerance_ns: malformed.tolerance_ns,
             ..*b
         };
+        if let Some(at) = self.flipped {
+            let since = at.elapsed();
+            if since < SLOT_GRACE {
+                std::thread::sleep(SLOT_GRACE - since);
+            }
+        }
+        let next = self.slot ^ 1;
         self.config
-            .set(0, cfg, 0)
-            .map_err(map_err(map_names::CONFIG, "write"))
+            .set(next, cfg, 0)
+            .map_err(map_err(map_names::CONFIG, "write"))?;
+        self.config_slot
+            .set(0, next, 0)
+            .map_err(map_err(map_names::CONFIG_SLOT, "write"))?;
+        self.slot = next;
+        self.flipped = Some(std::time::Instant::now());
+        Ok(())
     }
 
-    fn hint_bit(list: List, cidr: &Cidr) -> u32 {
-        match (list, cidr.is_ipv4()) {
-            (List::Allow, true) => FLAG_HAS_ALLOW_V4,
-            (List::Allow, false) => FLAG_HAS_ALLOW_V6,
-            (List::Deny, true) => FLAG_HAS_DENY_V4,
-            (List::Deny, false) => FLAG_HAS_DENY_V6,
+    fn hint_bit(trie: Trie, cidr: &Cidr) -> u32 {
+        match (trie, cidr.is_ipv4()) {
+            (Trie::Allow, true) => FLAG_HAS_ALLOW_V4,
+            (Trie::Allow, false) => FLAG_HAS_ALLOW_V6,
+            (Trie::Deny, true) => FLAG_HAS_DENY_V4,
+            (Trie::Deny, false) => FLAG_HAS_DENY_V6,
+            (Trie::PrefixBan, true) => FLAG_HAS_PBAN_V4,
+            (Trie::PrefixBan, false) => FLAG_HAS_PBAN_V6,
         }
     }
 
-    /// Inserts a list entry and notes what the program's hints need to know; the change is
+    /// A trie pair with the maps' names.
+    fn tries(&self, trie: Trie) -> Tries<'_> {
+        match trie {
+            Trie::Allow => (
+                &self.allow_v4,
+                &self.allow_v6,
+                map_names::ALLOW_V4,
+                map_names::ALLOW_V6,
+            ),
+            Trie::Deny => (
+                &self.deny_v4,
+                &self.deny_v6,
+                map_names::DENY_V4,
+                map_names::DENY_V6,
+            ),
+            Trie::PrefixBan => (
+                &self.pbans_v4,
+                &self.pbans_v6,
+                map_names::PREFIX_BANS_V4,
+                map_names::PREFIX_BANS_V6,
+            ),
+        }
+    }
+
+    /// A trie pair with the maps' names and capacities.
+    fn tries_mut(&mut self, trie: Trie) -> TriesMut<'_> {
+        match trie {
+            Trie::Allow => (
+                &mut self.allow_v4,
+                &mut self.allow_v6,
+                (map_names::ALLOW_V4, capacity::ALLOW_V4),
+                (map_names::ALLOW_V6, capacity::ALLOW_V6),
+            ),
+            Trie::Deny => (
+                &mut self.deny_v4,
+                &mut self.deny_v6,
+                (map_names::DENY_V4, capacity::DENY_V4),
+                (map_names::DENY_V6, capacity::DENY_V6),
+            ),
+            Trie::PrefixBan => (
+                &mut self.pbans_v4,
+                &mut self.pbans_v6,
+                (map_names::PREFIX_BANS_V4, capacity::PREFIX_BANS_V4),
+                (map_names::PREFIX_BANS_V6, capacity::PREFIX_BANS_V6),
+            ),
+        }
+    }
+
+    /// Inserts a trie entry and notes what the program's hints need to know; the change is
     /// published by `publish_list_change`.
     fn insert_raw(
         &mut self,
-        list: List,
+        trie: Trie,
         cidr: &Cidr,
         entry: ListEntry,
     ) -> Result<(), DatapathError> {
@@ -650,29 +874,53 @@ impl KernelDatapath {
             prefix_len: u32::from(cidr.prefix()),
             ..entry
         };
-        match (list, v4_key(cidr), v6_key(cidr)) {
-            (List::Allow, Some(k), _) => self
-                .allow_v4
-                .insert(&k, entry, 0)
-                .map_err(insert_err(map_names::ALLOW_V4, capacity::ALLOW_V4)),
-            (List::Allow, _, Some(k)) => self
-                .allow_v6
-                .insert(&k, entry, 0)
-                .map_err(insert_err(map_names::ALLOW_V6, capacity::ALLOW_V6)),
-            (List::Deny, Some(k), _) => self
-                .deny_v4
-                .insert(&k, entry, 0)
-                .map_err(insert_err(map_names::DENY_V4, capacity::DENY_V4)),
-            (List::Deny, _, Some(k)) => self
-                .deny_v6
-                .insert(&k, entry, 0)
-                .map_err(insert_err(map_names::DENY_V6, capacity::DENY_V6)),
-            (_, None, None) => unreachable!("a CIDR is IPv4 or IPv6"),
+        let (v4, v6, n4, n6) = self.tries_mut(trie);
+        match (v4_key(cidr), v6_key(cidr)) {
+            (Some(k), _) => v4.insert(&k, entry, 0).map_err(insert_err(n4.0, n4.1)),
+            (_, Some(k)) => v6.insert(&k, entry, 0).map_err(insert_err(n6.0, n6.1)),
+            (None, None) => unreachable!("a CIDR is IPv4 or IPv6"),
         }?;
-        self.hints |= Self::hint_bit(list, cidr);
+        self.hints |= Self::hint_bit(trie, cidr);
         let family = usize::from(!cidr.is_ipv4());
         self.max_prefix[family] = self.max_prefix[family].max(cidr.prefix());
         Ok(())
+    }
+
+    fn remove_raw(&mut self, trie: Trie, cidr: &Cidr) -> Result<bool, DatapathError> {
+        let (v4, v6, n4, n6) = self.tries_mut(trie);
+        let removed = match (v4_key(cidr), v6_key(cidr)) {
+            (Some(k), _) => absent_ok(v4.remove(&k), n4.0),
+            (_, Some(k)) => absent_ok(v6.remove(&k), n6.0),
+            (None, None) => unreachable!("a CIDR is IPv4 or IPv6"),
+        }?;
+        if removed {
+            let bit = Self::hint_bit(trie, cidr);
+            if !self.trie_has_entries(bit) {
+                self.hints &= !bit;
+            }
+            self.publish_list_change()?;
+        }
+        Ok(removed)
+    }
+
+    fn entries_raw(&self, trie: Trie) -> Result<Vec<(Cidr, ListEntry)>, DatapathError> {
+        let (v4, v6, n4, n6) = self.tries(trie);
+        let mut out = Vec::new();
+        for item in v4.iter() {
+            let (k, v) = item.map_err(map_err(n4, "read"))?;
+            let addr = IpAddr::V4(Ipv4Addr::from(k.data()));
+            if let Some(c) = Cidr::new(addr, k.prefix_len() as u8) {
+                out.push((c, v));
+            }
+        }
+        for item in v6.iter() {
+            let (k, v) = item.map_err(map_err(n6, "read"))?;
+            let addr = IpAddr::V6(Ipv6Addr::from(k.data()));
+            if let Some(c) = Cidr::new(addr, k.prefix_len() as u8) {
+                out.push((c, v));
+            }
+        }
+        Ok(out)
     }
 
     /// Bumps the lists generation, which invalidates every verdict the tracker cached, and
@@ -682,8 +930,8 @@ impl KernelDatapath {
         self.write_config()
     }
 
-    /// Forgets `key`'s tracker entry, so that its next packet reads its ban from `BANS`
-    /// afresh (the entry caches the ban's expiry).
+    /// Forgets `key`'s tracker entry, so that its next packet reads its ban (and known
+    /// status) afresh (the entry caches them).
     fn forget_source(&mut self, key: &SourceKey) -> Result<(), DatapathError> {
         absent_ok(self.sources.remove(key), map_names::SOURCES).map(|_| ())
     }
@@ -694,6 +942,13 @@ impl KernelDatapath {
             .ok_or(LoadError::Missing("program"))?
             .try_into()
             .map_err(LoadError::Program)
+    }
+
+    fn program(&self) -> Result<&Xdp, ProgramError> {
+        self.ebpf
+            .program(PROGRAM_NAME)
+            .ok_or(ProgramError::NotLoaded)?
+            .try_into()
     }
 
     /// Runs the program once on `packet` (BPF_PROG_TEST_RUN) and returns its XDP action.
@@ -713,14 +968,63 @@ impl KernelDatapath {
         packet: &[u8],
         repeat: u32,
     ) -> Result<(u32, std::time::Duration), ProgramError> {
-        let program = self.program_mut().map_err(|_| ProgramError::NotLoaded)?;
         let opts = TestRunOptions {
             data_in: Some(packet),
             repeat,
             ..TestRunOptions::default()
         };
-        let result = program.test_run(opts)?;
+        let result = self.program()?.test_run(opts)?;
         Ok((result.return_value, result.duration))
+    }
+
+    /// Runs the program on `packet` from one thread per CPU in `cpus` at once (each pinned to
+    /// its CPU), `repeat` times each. BPF_PROG_TEST_RUN runs an XDP program on the calling
+    /// thread's CPU, so this races the program against itself on real CPUs. Returns, per
+    /// thread, the last action and when its runs began and ended on the program's clock
+    /// (CLOCK_MONOTONIC at jiffy grain).
+    ///
+    /// # Errors
+    /// When a thread cannot be pinned or the kernel refuses a test run.
+    pub fn test_run_on_cpus(
+        &self,
+        packet: &[u8],
+        cpus: &[usize],
+        repeat: u32,
+    ) -> Result<Vec<CpuRun>, ProgramError> {
+        let program = self.program()?;
+        let barrier = std::sync::Barrier::new(cpus.len());
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = cpus
+                .iter()
+                .map(|&cpu| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        pin_to_cpu(cpu).map_err(|e| {
+                            ProgramError::SyscallError(aya::sys::SyscallError {
+                                call: "sched_setaffinity",
+                                io_error: e,
+                            })
+                        })?;
+                        barrier.wait();
+                        let opts = TestRunOptions {
+                            data_in: Some(packet),
+                            repeat,
+                            ..TestRunOptions::default()
+                        };
+                        let started_ns = coarse_now();
+                        let action = program.test_run(opts)?.return_value;
+                        Ok(CpuRun {
+                            action,
+                            started_ns,
+                            ended_ns: coarse_now(),
+                        })
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .map(|h| h.join().expect("a test-run thread panicked"))
+                .collect()
+        })
     }
 
     /// New bans reported by the program since the last call (non-blocking).
@@ -735,6 +1039,59 @@ impl KernelDatapath {
         }
         out
     }
+}
+
+/// One thread's share of [`KernelDatapath::test_run_on_cpus`].
+#[derive(Clone, Copy, Debug)]
+pub struct CpuRun {
+    pub action: u32,
+    /// CLOCK_MONOTONIC_COARSE (the program's clock) before the first run and after the last.
+    pub started_ns: u64,
+    pub ended_ns: u64,
+}
+
+/// CLOCK_MONOTONIC at jiffy grain: what the program's `bpf_ktime_get_coarse_ns` reads.
+fn coarse_now() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A config as userspace set it: no hints, no derived fields.
+fn user_view(cfg: &Config) -> Config {
+    Config {
+        flags: cfg.flags & !(LIST_HINT_BITS | FLAG_SERVICES),
+        lists_gen: 0,
+        pkt_interval_ns: 0,
+        pkt_tolerance_ns: 0,
+        syn_interval_ns: 0,
+        syn_tolerance_ns: 0,
+        prefix_interval_ns: 0,
+        prefix_tolerance_ns: 0,
+        malformed_interval_ns: 0,
+        malformed_tolerance_ns: 0,
+        ..*cfg
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn v4_key(c: &Cidr) -> Option<Key<[u8; 4]>> {
@@ -790,23 +1147,14 @@ impl Datapath for KernelDatapath {
     fn config(&self) -> Result<Config, DatapathError> {
         let cfg = self
             .config
-            .get(&0, 0)
+            .get(&self.slot, 0)
             .map_err(map_err(map_names::CONFIG, "read"))?;
-        // What set_config was given: no hints, no derived fill times.
-        Ok(Config {
-            flags: cfg.flags & !LIST_HINT_BITS,
-            pkt_fill_ns: 0,
-            syn_fill_ns: 0,
-            lists_gen: 0,
-            ..cfg
-        })
+        // What set_config was given: no hints, no derived fields.
+        Ok(user_view(&cfg))
     }
 
     fn set_config(&mut self, cfg: &Config) -> Result<(), DatapathError> {
-        self.base = Config {
-            flags: cfg.flags & !LIST_HINT_BITS,
-            ..*cfg
-        };
+        self.base = user_view(cfg);
         self.write_config()
     }
 
@@ -816,7 +1164,7 @@ impl Datapath for KernelDatapath {
         cidr: &Cidr,
         entry: ListEntry,
     ) -> Result<(), DatapathError> {
-        self.insert_raw(list, cidr, entry)?;
+        self.insert_raw(list.into(), cidr, entry)?;
         self.publish_list_change()
     }
 
@@ -828,7 +1176,7 @@ impl Datapath for KernelDatapath {
     ) -> Result<(), (usize, DatapathError)> {
         let mut result = Ok(());
         for (i, cidr) in cidrs.iter().enumerate() {
-            if let Err(e) = self.insert_raw(list, cidr, entry) {
+            if let Err(e) = self.insert_raw(list.into(), cidr, entry) {
                 result = Err((i, e));
                 break;
             }
@@ -840,54 +1188,11 @@ impl Datapath for KernelDatapath {
     }
 
     fn list_remove(&mut self, list: List, cidr: &Cidr) -> Result<bool, DatapathError> {
-        let removed = match (list, v4_key(cidr), v6_key(cidr)) {
-            (List::Allow, Some(k), _) => absent_ok(self.allow_v4.remove(&k), map_names::ALLOW_V4),
-            (List::Allow, _, Some(k)) => absent_ok(self.allow_v6.remove(&k), map_names::ALLOW_V6),
-            (List::Deny, Some(k), _) => absent_ok(self.deny_v4.remove(&k), map_names::DENY_V4),
-            (List::Deny, _, Some(k)) => absent_ok(self.deny_v6.remove(&k), map_names::DENY_V6),
-            (_, None, None) => unreachable!("a CIDR is IPv4 or IPv6"),
-        }?;
-        if removed {
-            let bit = Self::hint_bit(list, cidr);
-            if !self.trie_has_entries(bit) {
-                self.hints &= !bit;
-            }
-            self.publish_list_change()?;
-        }
-        Ok(removed)
+        self.remove_raw(list.into(), cidr)
     }
 
     fn list_entries(&self, list: List) -> Result<Vec<(Cidr, ListEntry)>, DatapathError> {
-        let (v4, v6, n4, n6) = match list {
-            List::Allow => (
-                &self.allow_v4,
-                &self.allow_v6,
-                map_names::ALLOW_V4,
-                map_names::ALLOW_V6,
-            ),
-            List::Deny => (
-                &self.deny_v4,
-                &self.deny_v6,
-                map_names::DENY_V4,
-                map_names::DENY_V6,
-            ),
-        };
-        let mut out = Vec::new();
-        for item in v4.iter() {
-            let (k, v) = item.map_err(map_err(n4, "read"))?;
-            let addr = IpAddr::V4(Ipv4Addr::from(k.data()));
-            if let Some(c) = Cidr::new(addr, k.prefix_len() as u8) {
-                out.push((c, v));
-            }
-        }
-        for item in v6.iter() {
-            let (k, v) = item.map_err(map_err(n6, "read"))?;
-            let addr = IpAddr::V6(Ipv6Addr::from(k.data()));
-            if let Some(c) = Cidr::new(addr, k.prefix_len() as u8) {
-                out.push((c, v));
-            }
-        }
-        Ok(out)
+        self.entries_raw(list.into())
     }
 
     fn bans(&self) -> Result<Vec<(SourceKey, Ban)>, DatapathError> {
@@ -941,6 +1246,93 @@ impl Datapath for KernelDatapath {
     fn sources(&self) -> Result<Vec<(SourceKey, SourceState)>, DatapathError> {
         // The LRU may evict entries while we walk it; a vanished key is simply skipped.
         Ok(self.sources.iter().filter_map(Result::ok).collect())
+    }
+
+    fn prefix_ban_insert(&mut self, cidr: &Cidr, entry: ListEntry) -> Result<(), DatapathError> {
+        self.insert_raw(Trie::PrefixBan, cidr, entry)?;
+        self.publish_list_change()
+    }
+
+    fn prefix_ban_remove(&mut self, cidr: &Cidr) -> Result<bool, DatapathError> {
+        self.remove_raw(Trie::PrefixBan, cidr)
+    }
+
+    fn prefix_bans(&self) -> Result<Vec<(Cidr, ListEntry)>, DatapathError> {
+        self.entries_raw(Trie::PrefixBan)
+    }
+
+    fn set_service_ports(
+        &mut self,
+        ports: &[(ServiceProto, u16, u32)],
+    ) -> Result<(), DatapathError> {
+        let had = !self.mapped_ports.is_empty();
+        let wanted: Vec<u32> = ports
+            .iter()
+            .map(|(p, port, _)| p.port_slot(*port))
+            .collect();
+        // New ones first, then the stale ones cleared: a port that stays mapped never reads 0.
+        for (proto, port, slot) in ports {
+            self.service_ports
+                .set(proto.port_slot(*port), *slot, 0)
+                .map_err(map_err(map_names::SERVICE_PORTS, "write"))?;
+        }
+        for old in std::mem::take(&mut self.mapped_ports) {
+            if !wanted.contains(&old) {
+                self.service_ports
+                    .set(old, 0, 0)
+                    .map_err(map_err(map_names::SERVICE_PORTS, "write"))?;
+            }
+        }
+        self.mapped_ports = wanted;
+        // FLAG_SERVICES follows whether any port is mapped.
+        if had == self.mapped_ports.is_empty() {
+            self.write_config()?;
+        }
+        Ok(())
+    }
+
+    fn set_service(&mut self, slot: u32, service: &Service) -> Result<(), DatapathError> {
+        self.services
+            .set(slot, *service, 0)
+            .map_err(map_err(map_names::SERVICES, "write"))
+    }
+
+    fn service_stats(&self) -> Result<Vec<ServiceStats>, DatapathError> {
+        let mut out = Vec::with_capacity(capacity::SERVICES as usize);
+        for slot in 0..capacity::SERVICES {
+            let per_cpu = self
+                .service_stats
+                .get(&slot, 0)
+                .map_err(map_err(map_names::SERVICE_STATS, "read"))?;
+            let mut sum = ServiceStats::default();
+            for s in per_cpu.iter() {
+                sum.packets += s.packets;
+                sum.bytes += s.bytes;
+                sum.syns += s.syns;
+                sum.newcomer_passed += s.newcomer_passed;
+                sum.newcomer_dropped += s.newcomer_dropped;
+            }
+            out.push(sum);
+        }
+        Ok(out)
+    }
+
+    fn known(&self) -> Result<Vec<(SourceKey, Known)>, DatapathError> {
+        // The program inserts while we walk; a vanished key is simply skipped.
+        Ok(self.known.iter().filter_map(Result::ok).collect())
+    }
+
+    fn known_insert(&mut self, key: &SourceKey, known: &Known) -> Result<(), DatapathError> {
+        self.known
+            .insert(key, known, 0)
+            .map_err(insert_err(map_names::KNOWN, capacity::KNOWN))?;
+        self.forget_source(key)
+    }
+
+    fn known_remove(&mut self, key: &SourceKey) -> Result<bool, DatapathError> {
+        let removed = absent_ok(self.known.remove(key), map_names::KNOWN)?;
+        self.forget_source(key)?;
+        Ok(removed)
     }
 }
 

@@ -2,6 +2,7 @@
 //! and serves the control socket and health outputs. The `guard` binary is a thin front end.
 pub mod agent;
 pub mod api;
+pub mod attack;
 pub mod cidr;
 pub mod cli;
 pub mod config;

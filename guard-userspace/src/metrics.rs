@@ -61,6 +61,10 @@ pub struct Snapshot<'a> {
     pub maps: &'a [MapFill],
     /// `None` before the first evaluation: health families are left out.
     pub health: Option<&'a HealthReport>,
+    /// Each service (and "other").
+    pub services: &'a [crate::attack::ServiceReport],
+    pub known_sources: u64,
+    pub prefix_bans: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -160,6 +164,52 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Sources banned now.",
         &[(vec![], Num::Int(s.bans_active))],
     );
+    w.family(
+        "guard_prefix_bans_active",
+        "gauge",
+        "Prefixes banned now (escalated from the bans of their sources).",
+        &[(vec![], Num::Int(s.prefix_bans))],
+    );
+    w.family(
+        "guard_known_sources",
+        "gauge",
+        "Sources known to the guard (good standing or a completed TCP handshake), as of the last walk.",
+        &[(vec![], Num::Int(s.known_sources))],
+    );
+    for (name, help, pick) in [
+        (
+            "guard_service_packets_per_second",
+            "Packets per second to a service (\"other\": to no configured service).",
+            (|r: &crate::attack::ServiceReport| r.pps) as fn(&crate::attack::ServiceReport) -> f64,
+        ),
+        (
+            "guard_service_syns_per_second",
+            "TCP SYNs per second to a service.",
+            |r| r.syn_pps,
+        ),
+        (
+            "guard_service_ceiling_packets_per_second",
+            "The packet rate above which a service is under attack (configured or learned).",
+            |r| r.ceiling_pps,
+        ),
+        (
+            "guard_service_under_attack",
+            "1 while a service is under attack (known sources first, newcomers on a budget).",
+            |r| if r.under_attack { 1.0 } else { 0.0 },
+        ),
+        (
+            "guard_service_newcomer_dropped_per_second",
+            "Packets per second of unknown sources over a service's newcomer budget.",
+            |r| r.newcomer_dropped_pps,
+        ),
+    ] {
+        let samples: Vec<_> = s
+            .services
+            .iter()
+            .map(|r| (vec![("service", r.name.as_str())], Num::Float(pick(r))))
+            .collect();
+        w.family(name, "gauge", help, &samples);
+    }
     let entries: Vec<_> = s
         .maps
         .iter()
@@ -294,6 +344,9 @@ mod tests {
             bans_active: 3,
             maps: &maps,
             health: Some(&report),
+            services: &[],
+            known_sources: 0,
+            prefix_bans: 0,
         })
     }
 

@@ -25,7 +25,7 @@ pub const FILE_NAME: &str = "state.json";
 pub const VERSION: u32 = 1;
 
 /// Everything the daemon keeps across restarts and reboots.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
     pub version: u32,
@@ -36,6 +36,35 @@ pub struct State {
     /// and optional when read, so files of guards without it still load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator: Option<Override>,
+    /// Prefix bans the daemon escalated (optional when read, like `operator`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_bans: Vec<PrefixBanRecord>,
+    /// Each service's learned normal rates, so a restart does not start learning again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learned: Vec<LearnedRecord>,
+}
+
+/// A prefix ban: a network whose sources kept getting banned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixBanRecord {
+    pub cidr: Cidr,
+    /// Unix seconds.
+    pub since: u64,
+    /// Unix seconds.
+    pub expires: u64,
+    /// Source bans in the window that escalated it.
+    pub sources: u32,
+}
+
+/// A service's learned rates, by protocol and port (names may change across reloads).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearnedRecord {
+    pub protocol: crate::datapath::ServiceProto,
+    pub port: u16,
+    pub pps: crate::attack::Learned,
+    pub syn_pps: crate::attack::Learned,
 }
 
 /// One allow or deny entry.
@@ -295,6 +324,21 @@ mod tests {
                 100,
                 Some(std::time::Duration::from_secs(600)),
             )),
+            prefix_bans: vec![PrefixBanRecord {
+                cidr: "198.18.7.0/24".parse().unwrap(),
+                since: 100,
+                expires: 700,
+                sources: 8,
+            }],
+            learned: vec![LearnedRecord {
+                protocol: crate::datapath::ServiceProto::Udp,
+                port: 53,
+                pps: crate::attack::Learned {
+                    raw: 5_000.0,
+                    samples: 60,
+                },
+                syn_pps: crate::attack::Learned::default(),
+            }],
         }
     }
 

@@ -44,6 +44,16 @@ struct Fixture {
 
 fn no_setup(_: &mut KernelDatapath) {}
 
+/// No limits but a budget for frames with no readable source: `pps` per second for the host,
+/// `burst` at once (each CPU gets its share of the rate and the whole burst).
+fn malformed_budget(pps: u64, burst: u64) -> Config {
+    Config {
+        malformed_pps: pps,
+        malformed_burst: burst,
+        ..Config::default()
+    }
+}
+
 /// A rate-limit ban from now for `ns` nanoseconds.
 fn ban_for(k: &KernelDatapath, ns: u64) -> Ban {
     let now = k.now_ns();
@@ -130,13 +140,16 @@ fn table() -> Vec<Fixture> {
             counters: &[(reason::DENIED, 1)],
         },
         Fixture {
-            description: "three VLAN tags are malformed and pass",
+            description: "three VLAN tags: no readable source, within the global budget",
             packet: Builder::v4("198.18.7.9")
                 .vlan(0x88a8)
                 .vlan(0x8100)
                 .vlan(0x8100)
                 .build(),
-            setup: |k| deny(k, "198.18.7.0/24"),
+            setup: |k| {
+                deny(k, "198.18.7.0/24");
+                k.set_config(&malformed_budget(1000, 1)).unwrap();
+            },
             verdict: XDP_PASS,
             counters: &[(reason::MALFORMED, 1)],
         },
@@ -189,26 +202,81 @@ fn table() -> Vec<Fixture> {
             counters: &[(reason::DENIED, 1)],
         },
         Fixture {
-            description: "ipv4 with a bad IHL is malformed and passes",
+            description: "ipv4 with a bad IHL from a denied source drops (its source is readable)",
             packet: {
                 let mut p = Builder::v4("198.18.7.9").build();
                 p[14] = 0x44;
                 p
             },
             setup: |k| deny(k, "0.0.0.0/0"),
+            verdict: XDP_DROP,
+            counters: &[(reason::DENIED, 1)],
+        },
+        Fixture {
+            description: "ipv4 with a bad IHL from an unlisted source passes as malformed",
+            packet: {
+                let mut p = Builder::v4("198.18.7.9").build();
+                p[14] = 0x44;
+                p
+            },
+            setup: no_setup,
             verdict: XDP_PASS,
             counters: &[(reason::MALFORMED, 1)],
         },
         Fixture {
-            description: "an IP version that does not match the ethertype is malformed",
+            description: "ipv4 options beyond the frame from a denied source drop",
+            packet: {
+                let mut p = Builder::v4("198.18.7.9").build();
+                p[14] = 0x4f;
+                p.truncate(14 + 24);
+                p
+            },
+            setup: |k| deny(k, "198.18.7.0/24"),
+            verdict: XDP_DROP,
+            counters: &[(reason::DENIED, 1)],
+        },
+        Fixture {
+            description: "an IP version that does not match the ethertype has no source: budgeted",
             packet: {
                 let mut p = Builder::v6("fd00:7::9").build();
                 p[14] = 0x45;
                 p
             },
-            setup: |k| deny(k, "::/0"),
+            setup: |k| {
+                deny(k, "::/0");
+                k.set_config(&malformed_budget(1000, 10)).unwrap();
+            },
             verdict: XDP_PASS,
             counters: &[(reason::MALFORMED, 1)],
+        },
+        Fixture {
+            description: "a frame cut short inside the ipv6 addresses from a denied source drops",
+            packet: {
+                let mut p = Builder::v6("fd00:7::9").build();
+                p.truncate(14 + 30);
+                p
+            },
+            setup: |k| deny(k, "fd00:7::/32"),
+            verdict: XDP_DROP,
+            counters: &[(reason::DENIED, 1)],
+        },
+        Fixture {
+            description: "a truncated ipv6 extension-header chain from a denied source drops",
+            packet: {
+                let mut p = Builder::v6("fd00:7::9").ext(0).ext(60).tcp(TCP_SYN).build();
+                p.truncate(14 + 40 + 9);
+                p
+            },
+            setup: |k| deny(k, "fd00:7::/32"),
+            verdict: XDP_DROP,
+            counters: &[(reason::DENIED, 1)],
+        },
+        Fixture {
+            description: "an ipv4-mapped ipv6 source is dropped as a bad source",
+            packet: Builder::v6("::ffff:198.18.7.9").build(),
+            setup: no_setup,
+            verdict: XDP_DROP,
+            counters: &[(reason::BAD_SOURCE, 1)],
         },
         Fixture {
             description: "a truncated TCP header from an unlisted source passes as malformed",
@@ -302,6 +370,35 @@ fn fixture_table() {
         let bytes = f.packet.len() as u64;
         assert_eq!(c.total_bytes(), bytes, "{}: bytes", f.description);
     }
+}
+
+#[test]
+fn frames_without_a_readable_source_share_a_budget_and_are_dropped_over_it() {
+    let Some(mut k) = kernel_or_skip("malformed_budget") else {
+        return;
+    };
+    // 1 per second for the host: over the microseconds of this test, each CPU's burst of 3
+    // and no refill.
+    k.set_config(&malformed_budget(1, 3)).unwrap();
+    let three_tags = Builder::v4("198.18.7.9")
+        .vlan(0x88a8)
+        .vlan(0x8100)
+        .vlan(0x8100)
+        .build();
+    let v = run_n(&mut k, &three_tags, 5);
+    assert_eq!(v, [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP]);
+    let c = totals(&k);
+    assert_eq!(c.packets[reason::MALFORMED], 3);
+    assert_eq!(c.packets[reason::MALFORMED_LIMITED], 2);
+    assert!(k.sources().unwrap().is_empty(), "nothing to track");
+    // A frame with a source is judged by it, not by this budget.
+    assert_eq!(
+        k.test_run(&Builder::v4("198.18.7.9").build()).unwrap(),
+        XDP_PASS
+    );
+    // Unlimited (0) passes them all.
+    k.set_config(&malformed_budget(0, 0)).unwrap();
+    assert_eq!(run_n(&mut k, &three_tags, 3), [XDP_PASS; 3]);
 }
 
 fn run_n(k: &mut KernelDatapath, packet: &[u8], n: usize) -> Vec<u32> {
@@ -835,8 +932,8 @@ fn an_ipv4_mapped_ipv6_source_never_shares_an_ipv4_sources_state() {
     ] {
         assert_eq!(
             k.test_run(p).unwrap(),
-            XDP_PASS,
-            "malformed: passes, untracked"
+            XDP_DROP,
+            "never valid on the wire (RFC 4038 4.2): dropped, untracked"
         );
     }
     assert!(
@@ -854,7 +951,7 @@ fn an_ipv4_mapped_ipv6_source_never_shares_an_ipv4_sources_state() {
         );
     }
     assert!(k.bans().unwrap().is_empty());
-    assert_eq!(totals(&k).packets[reason::MALFORMED], 4);
+    assert_eq!(totals(&k).packets[reason::BAD_SOURCE], 4);
 }
 
 #[test]

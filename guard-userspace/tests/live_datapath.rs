@@ -324,7 +324,7 @@ fn pinned_state_of_an_incompatible_layout_is_replaced_cleanly() {
     }
     let b = bed();
     // A map pinned where the config map goes, with another value size (as an older layout).
-    let maps = b.tb.pin_dir.join("v1/maps");
+    let maps = guard::ebpf::versioned_dir(&b.tb.pin_dir).join("maps");
     std::fs::create_dir_all(&maps).unwrap();
     let stale = maps.join("GUARD_CONFIG");
     support::netns::sh(&[
@@ -355,8 +355,9 @@ fn pinned_state_of_an_incompatible_layout_is_replaced_cleanly() {
         stale.to_str().unwrap(),
     ]);
     let text = String::from_utf8_lossy(&info.stdout);
-    assert!(
-        text.contains("\"bytes_value\":80"),
-        "the pin holds the new layout: {text}"
+    let want = format!(
+        "\"bytes_value\":{}",
+        std::mem::size_of::<guard_common::Config>()
     );
+    assert!(text.contains(&want), "the pin holds the new layout: {text}");
 }

@@ -572,7 +572,7 @@ fn a_health_listener_that_cannot_bind_stops_the_start_with_a_clear_error() {
         "the message says what to change: {log}"
     );
     // Refused before attaching: nothing pinned, nothing attached.
-    let links = b.tb.pin_dir.join("v1/links");
+    let links = guard::ebpf::versioned_dir(&b.tb.pin_dir).join("links");
     assert!(
         std::fs::read_dir(&links).map_or(true, |mut d| d.next().is_none()),
         "{} has pins",

@@ -61,6 +61,9 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
                 source,
                 datapath,
                 limits: l,
+                attack,
+                services,
+                prefixes,
                 control,
                 state,
                 health,
@@ -95,6 +98,42 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
             println!(
                 "  sources      per /{} (IPv4), per /{} (IPv6)",
                 l.ipv4_prefix, l.ipv6_prefix
+            );
+            println!(
+                "  attack       {}, known after {} s of good standing, newcomers get {}% of a ceiling",
+                if attack.learn {
+                    format!(
+                        "ceilings learned (x{}, at least {} pps)",
+                        attack.factor, attack.floor_pps
+                    )
+                } else {
+                    "ceilings configured".to_string()
+                },
+                attack.known_after_secs,
+                attack.newcomer_share * 100.0
+            );
+            for svc in services {
+                println!(
+                    "  service      {} {}/{}, ceiling {}",
+                    svc.name,
+                    svc.protocol.name(),
+                    svc.port,
+                    svc.max_pps
+                        .map_or_else(|| "learned".to_string(), |c| format!("{c} pps"))
+                );
+            }
+            println!(
+                "  prefixes     /{} and /{}: {}, escalate after {} bans in {} s to a {} ban",
+                prefixes.ipv4,
+                prefixes.ipv6,
+                if prefixes.pps == 0 {
+                    "no aggregate limit".to_string()
+                } else {
+                    format!("{} pps (burst {})", prefixes.pps, prefixes.burst)
+                },
+                prefixes.escalate_after,
+                prefixes.escalate_window_secs,
+                Human(std::time::Duration::from_secs(prefixes.ban_seconds))
             );
             println!("  pins         {}", datapath.pin_dir.display());
             println!("  socket       {}", control.socket.display());

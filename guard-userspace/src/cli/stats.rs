@@ -170,8 +170,8 @@ pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
         Human(Duration::from_secs(l.ban_seconds))
     );
     println!(
-        "lists       {} allow, {} deny; {} bans",
-        s.allow_entries, s.deny_entries, s.bans
+        "lists       {} allow, {} deny; {} bans, {} prefix bans; {} known sources",
+        s.allow_entries, s.deny_entries, s.bans, s.prefix_bans, s.known_sources
     );
     println!("pins        {}", s.pin_dir);
     println!("state       {}", s.state_file);
@@ -185,7 +185,71 @@ pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
         ]);
     }
     print!("\n{t}");
+    if !s.services.is_empty() {
+        print!("\n{}", services_table(&s.services));
+    }
     Ok(())
+}
+
+/// Each service: its rates, ceiling, learned rate and attack state.
+fn services_table(services: &[crate::attack::ServiceReport]) -> Table {
+    let mut t = Table::new(&[
+        "SERVICE",
+        "PROTO/PORT",
+        "PPS",
+        "SYN/S",
+        "CEILING",
+        "LEARNED",
+        "STATE",
+        "NEWCOMERS",
+    ]);
+    let rate = |v: f64| format!("{v:.0}");
+    for r in services {
+        let proto = r
+            .protocol
+            .map_or_else(|| "-".to_string(), |p| format!("{}/{}", p.name(), r.port));
+        let ceiling = format!(
+            "{}{}{}",
+            rate(r.ceiling_pps),
+            r.ceiling_syn_pps
+                .map(|c| format!(" ({} SYN/s)", rate(c)))
+                .unwrap_or_default(),
+            if r.ceiling_learned { " learned" } else { "" }
+        );
+        let state = match (r.protocol, r.under_attack, r.attack_since) {
+            (None, _, _) => "counted".to_string(),
+            (_, true, Some(since)) => {
+                format!("UNDER ATTACK since {}", crate::state::format_unix(since))
+            }
+            (_, true, None) => "UNDER ATTACK".to_string(),
+            _ => "normal".to_string(),
+        };
+        let newcomers = if r.under_attack {
+            format!(
+                "budget {}/s: {} passed/s, {} dropped/s",
+                rate(r.newcomer_budget_pps),
+                rate(r.newcomer_passed_pps),
+                rate(r.newcomer_dropped_pps)
+            )
+        } else {
+            "-".to_string()
+        };
+        t.row(vec![
+            r.name.clone(),
+            proto,
+            rate(r.pps),
+            if r.protocol == Some(crate::datapath::ServiceProto::Tcp) {
+                rate(r.syn_pps)
+            } else {
+                "-".to_string()
+            },
+            ceiling,
+            r.learned_pps.map_or_else(|| "-".to_string(), rate),
+            state,
+            newcomers,
+        ]);
+    }
+    t
 }
 
 pub fn reload(client: &ClientArgs) -> anyhow::Result<()> {

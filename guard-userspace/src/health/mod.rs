@@ -413,6 +413,9 @@ pub struct Inputs {
     pub operator: Option<Override>,
     /// Packets per second the XDP program is dropping now (see [`DropRate`]).
     pub drop_rate_pps: f64,
+    /// The services the guard watches: shown, and named in the reason while under attack;
+    /// they never move the state (a host whose guard sheds a flood is not overloaded).
+    pub services: Vec<crate::attack::ServiceReport>,
 }
 
 /// A check's own verdict, as in draft-inadarei-api-health-check.
@@ -682,6 +685,15 @@ impl Evaluator {
                 format_rate(inputs.drop_rate_pps)
             ));
         }
+        for svc in inputs.services.iter().filter(|s| s.under_attack) {
+            reason.push_str(&format!(
+                "; service {} under attack ({} packets/s, ceiling {}): dropping {} newcomer packets/s",
+                svc.name,
+                format_rate(svc.pps),
+                format_rate(svc.ceiling_pps),
+                format_rate(svc.newcomer_dropped_pps)
+            ));
+        }
         HealthReport {
             status,
             reason,
@@ -884,6 +896,37 @@ impl Evaluator {
             status: CheckStatus::Pass,
             output: None,
         });
+        // A service under attack is informational too: the guard is shedding it.
+        for svc in &inputs.services {
+            obs.push(Observation {
+                component: "service".to_string(),
+                measurement: "packetRate".to_string(),
+                component_id: Some(svc.name.clone()),
+                observed: Some(Observed::Number(round1(svc.pps))),
+                unit: Some("packets/s".to_string()),
+                threshold: Some(format!(
+                    "ceiling {}{}",
+                    format_rate(svc.ceiling_pps),
+                    if svc.ceiling_learned {
+                        " (learned)"
+                    } else {
+                        ""
+                    }
+                )),
+                status: if svc.under_attack {
+                    CheckStatus::Warn
+                } else {
+                    CheckStatus::Pass
+                },
+                output: svc.under_attack.then(|| {
+                    format!(
+                        "under attack: known sources first, newcomers get {} packets/s, {} dropped",
+                        format_rate(svc.newcomer_budget_pps),
+                        format_rate(svc.newcomer_dropped_pps)
+                    )
+                }),
+            });
+        }
         // Map fill is informational: a full ban table means the guard protects less, not that
         // the host can serve less, so it does not move the load balancer's traffic.
         for map in inputs.maps.iter().filter(|m| m.capacity > 0) {

@@ -22,6 +22,10 @@ pub struct Builder {
     l3: L3,
     l4: L4,
     payload: usize,
+    /// Source and destination ports (TCP and UDP).
+    ports: (u16, u16),
+    /// The destination address, if not the default (198.18.0.1, fd00::1).
+    dst: Option<std::net::IpAddr>,
 }
 
 #[derive(Clone)]
@@ -54,6 +58,8 @@ impl Builder {
             },
             l4: L4::Udp,
             payload: 18,
+            ports: (40_000, 8080),
+            dst: None,
         }
     }
 
@@ -68,6 +74,8 @@ impl Builder {
             },
             l4: L4::Udp,
             payload: 18,
+            ports: (40_000, 8080),
+            dst: None,
         }
     }
 
@@ -77,6 +85,8 @@ impl Builder {
             l3: L3::Arp,
             l4: L4::None,
             payload: 0,
+            ports: (40_000, 8080),
+            dst: None,
         }
     }
 
@@ -136,6 +146,24 @@ impl Builder {
         self
     }
 
+    /// TCP or UDP ports (the defaults: 40000 to 8080 for UDP, 40000 to 80 for TCP).
+    pub fn ports(mut self, src: u16, dst: u16) -> Self {
+        self.ports = (src, dst);
+        self
+    }
+
+    /// The destination address (of the packet's family).
+    pub fn dst(mut self, addr: &str) -> Self {
+        self.dst = Some(addr.parse().unwrap());
+        self
+    }
+
+    /// Bytes of payload after the transport header (default 18).
+    pub fn payload(mut self, n: usize) -> Self {
+        self.payload = n;
+        self
+    }
+
     pub fn build(&self) -> Vec<u8> {
         let mut p = Vec::new();
         p.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]);
@@ -174,7 +202,10 @@ impl Builder {
                 p.extend_from_slice(&frag.to_be_bytes());
                 p.extend_from_slice(&[64, proto, 0, 0]);
                 p.extend_from_slice(&src.octets());
-                p.extend_from_slice(&[198, 18, 0, 1]);
+                match self.dst {
+                    Some(std::net::IpAddr::V4(d)) => p.extend_from_slice(&d.octets()),
+                    _ => p.extend_from_slice(&[198, 18, 0, 1]),
+                }
                 // NOPs, then end of options.
                 p.extend(std::iter::repeat_n(1u8, *options));
                 if *frag_offset == 0 {
@@ -226,7 +257,10 @@ impl Builder {
                 p.push(first);
                 p.push(*hop_limit);
                 p.extend_from_slice(&src.octets());
-                p.extend_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+                match self.dst {
+                    Some(std::net::IpAddr::V6(d)) => p.extend_from_slice(&d.octets()),
+                    _ => p.extend_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets()),
+                }
                 p.extend_from_slice(&hdrs);
                 p.extend_from_slice(&body);
             }
@@ -238,12 +272,21 @@ impl Builder {
         let mut l4 = Vec::new();
         match self.l4 {
             L4::Udp => {
-                l4.extend_from_slice(&[0x9c, 0x40, 0x1f, 0x90]);
+                l4.extend_from_slice(&self.ports.0.to_be_bytes());
+                l4.extend_from_slice(&self.ports.1.to_be_bytes());
                 l4.extend_from_slice(&((8 + self.payload) as u16).to_be_bytes());
                 l4.extend_from_slice(&[0, 0]);
             }
             L4::Tcp(flags) => {
-                l4.extend_from_slice(&[0x9c, 0x40, 0x00, 0x50, 0, 0, 0, 1, 0, 0, 0, 0]);
+                l4.extend_from_slice(&self.ports.0.to_be_bytes());
+                // The default TCP destination is port 80 (the UDP one 8080).
+                let dport = if self.ports == (40_000, 8080) {
+                    80
+                } else {
+                    self.ports.1
+                };
+                l4.extend_from_slice(&dport.to_be_bytes());
+                l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
                 l4.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
             }
             L4::Icmp6(ty) => l4.extend_from_slice(&[ty, 0, 0, 0, 0, 0, 0, 0]),

@@ -17,13 +17,19 @@ use guard_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    attack::{Escalator, Monitor, ServiceReport},
     cidr::{Cidr, CidrError},
     config::{Limits, Settings},
     datapath::{Datapath, DatapathError, List},
     ebpf::Attachment,
     health::{self, Override, OverrideMode},
-    state::{self, BanRecord, ListRecord, State, StateError, Store},
+    state::{
+        self, BanRecord, LearnedRecord, ListRecord, PrefixBanRecord, State, StateError, Store,
+    },
 };
+
+mod services;
+pub use services::{KNOWN_SWEEP_EVERY, PREFIX_REASON};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -218,13 +224,17 @@ pub struct ImportOutcome {
     pub duplicates: usize,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SweepOutcome {
     pub expired_allow: usize,
     pub expired_deny: usize,
     pub expired_bans: usize,
     /// Bans that appeared in (or vanished from) the map since the last sweep.
     pub bans_changed: usize,
+    /// Prefixes banned by escalation in this sweep.
+    pub escalated: Vec<BanInfo>,
+    /// Known sources forgotten after their silence (walked every `KNOWN_SWEEP_EVERY`).
+    pub expired_known: usize,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,7 +363,7 @@ pub struct ReloadReport {
     pub restart_needed: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub version: String,
     pub pid: u32,
@@ -367,6 +377,15 @@ pub struct StatusReport {
     pub allow_entries: usize,
     pub deny_entries: usize,
     pub bans: usize,
+    /// Prefix bans in force.
+    #[serde(default)]
+    pub prefix_bans: usize,
+    /// Known sources as of the last walk.
+    #[serde(default)]
+    pub known_sources: usize,
+    /// Each service, and the traffic of none ("other").
+    #[serde(default)]
+    pub services: Vec<ServiceReport>,
 }
 
 /// Unix seconds now; replaceable for tests.
@@ -388,6 +407,18 @@ pub struct Control<D: Datapath> {
     /// Counts changes of `operator`, so that a caller can wait for a health report that
     /// took a change into account.
     operator_seq: u64,
+    /// One monitor per service slot; slot 0 is the traffic of no service.
+    monitors: Vec<Monitor>,
+    /// Learned rates from the state file, until the services they belong to are set up.
+    learned: Vec<LearnedRecord>,
+    /// Source bans per prefix, for escalation.
+    escalator: Escalator,
+    /// Prefix bans in force (the tries follow this copy), with their monotonic expiry.
+    prefix_bans: BTreeMap<Cidr, (PrefixBanRecord, u64)>,
+    /// Prefixes escalation asked to ban, done at the end of the sweep.
+    pending_prefixes: Vec<Cidr>,
+    /// When the known sources were last walked for expiry, and how many there were.
+    known_swept: Option<(Instant, usize)>,
 }
 
 impl<D: Datapath> Control<D> {
@@ -406,6 +437,12 @@ impl<D: Datapath> Control<D> {
             started: Instant::now(),
             operator: None,
             operator_seq: 0,
+            monitors: vec![Monitor::other()],
+            learned: Vec::new(),
+            escalator: Escalator::default(),
+            prefix_bans: BTreeMap::new(),
+            pending_prefixes: Vec::new(),
+            known_swept: None,
         }
     }
 
@@ -469,6 +506,8 @@ impl<D: Datapath> Control<D> {
             deny: records(&self.deny),
             bans,
             operator: self.operator.clone(),
+            prefix_bans: self.prefix_bans.values().map(|(r, _)| r.clone()).collect(),
+            learned: self.learned_records(),
         }
     }
 
@@ -691,6 +730,7 @@ impl<D: Datapath> Control<D> {
             .filter(|(_, b)| b.expires_ns > now_ns)
             .map(|(k, b)| self.ban_info(k, b, now_unix, now_ns))
             .collect();
+        out.extend(self.prefix_ban_infos(now_ns));
         out.sort_by_key(|b| b.source);
         Ok(out)
     }
@@ -772,6 +812,7 @@ impl<D: Datapath> Control<D> {
                 removed.push(info);
             }
         }
+        removed.extend(self.unban_prefixes(&cidr, now_ns)?);
         if removed.is_empty() {
             return Err(ControlError::NotBanned { cidr });
         }
@@ -817,6 +858,9 @@ impl<D: Datapath> Control<D> {
                 continue;
             }
             seen.insert(key);
+            if !self.bans.contains_key(&key) {
+                self.note_ban_for_escalation(&key, &ban, now_unix, now_ns);
+            }
             let unchanged = self.bans.get(&key).is_some_and(|m| m.ban == ban);
             if !unchanged {
                 let info = self.ban_info(&key, &ban, now_unix, now_ns);
@@ -833,6 +877,11 @@ impl<D: Datapath> Control<D> {
         let before = self.bans.len();
         self.bans.retain(|k, _| seen.contains(k));
         out.bans_changed += before - self.bans.len();
+        let (escalated, expired_prefixes) = self.sweep_prefix_bans(now_unix, now_ns)?;
+        out.escalated = escalated;
+        out.expired_bans += expired_prefixes.len();
+        out.bans_changed += out.escalated.len() + expired_prefixes.len();
+        out.expired_known = self.sweep_known(now_ns)?;
 
         if out.expired_allow + out.expired_deny + out.bans_changed > 0 {
             self.persist()?;
@@ -857,19 +906,22 @@ impl<D: Datapath> Control<D> {
             from_maps: state.is_none(),
             ..RestoreReport::default()
         };
-        let (state_lists, state_bans) = match state {
+        let (state_lists, state_bans, state_prefix_bans) = match state {
             Some(State {
                 version: _,
                 allow,
                 deny,
                 bans,
                 operator,
+                prefix_bans,
+                learned,
             }) => {
                 // An override whose time ran out while the daemon was down has lapsed.
                 self.operator = operator.filter(|o| o.is_active(now_unix));
-                (Some([allow, deny]), bans)
+                self.learned = learned;
+                (Some([allow, deny]), bans, Some(prefix_bans))
             }
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), None),
         };
 
         for (i, list) in [List::Allow, List::Deny].into_iter().enumerate() {
@@ -956,9 +1008,10 @@ impl<D: Datapath> Control<D> {
             };
             self.dp.ban_insert(&key, &ban)?;
         }
+        report.expired += self.restore_prefix_bans(state_prefix_bans, now_unix, now_ns)?;
         self.bans.clear();
         self.sweep()?;
-        report.bans = self.bans.len();
+        report.bans = self.bans.len() + self.prefix_bans.len();
         self.persist()?;
         Ok(report)
     }
@@ -1054,6 +1107,12 @@ impl<D: Datapath> Control<D> {
             fill("deny_v6", count(&self.deny, false), capacity::DENY_V6),
             fill("sources", sources, capacity::SOURCES),
             fill("bans", self.bans.len(), capacity::BANS),
+            fill("known", self.known_count(), capacity::KNOWN),
+            fill(
+                "prefix_bans",
+                self.prefix_bans.len(),
+                capacity::PREFIX_BANS_V4.min(capacity::PREFIX_BANS_V6),
+            ),
         ]
     }
 
@@ -1102,8 +1161,12 @@ impl<D: Datapath> Control<D> {
             ..new.limits
         };
         next.datapath.dry_run = new.datapath.dry_run;
+        next.attack = new.attack;
+        next.prefixes = new.prefixes;
+        next.services = new.services;
         self.dp.set_config(&next.kernel_config())?;
         self.settings = next;
+        self.apply_services()?;
         Ok(ReloadReport {
             config: self.settings.source.clone(),
             limits: self.settings.limits,
@@ -1184,6 +1247,17 @@ impl<D: Datapath> Control<D> {
                 capacity::SOURCES,
             ),
             fill(map_names::BANS, self.dp.bans()?.len(), capacity::BANS),
+            fill(map_names::KNOWN, self.dp.known()?.len(), capacity::KNOWN),
+            fill(
+                map_names::PREFIX_BANS_V4,
+                self.prefix_bans.keys().filter(|c| c.is_ipv4()).count(),
+                capacity::PREFIX_BANS_V4,
+            ),
+            fill(
+                map_names::PREFIX_BANS_V6,
+                self.prefix_bans.keys().filter(|c| !c.is_ipv4()).count(),
+                capacity::PREFIX_BANS_V6,
+            ),
         ];
         Ok(StatsReport {
             dry_run: self.settings.datapath.dry_run,
@@ -1227,6 +1301,9 @@ impl<D: Datapath> Control<D> {
             allow_entries: self.allow.len(),
             deny_entries: self.deny.len(),
             bans: self.bans.len(),
+            prefix_bans: self.prefix_bans.len(),
+            known_sources: self.known_count(),
+            services: self.service_reports(),
         }
     }
 }
@@ -1251,11 +1328,14 @@ pub mod testing {
         time::Duration,
     };
 
-    use guard_common::{Ban, BanEvent, Config, Counters, ListEntry, SourceKey, SourceState};
+    use guard_common::{
+        Ban, BanEvent, Config, Counters, Known, ListEntry, Service, ServiceStats, SourceKey,
+        SourceState, capacity,
+    };
 
     use crate::{
         cidr::Cidr,
-        datapath::{Datapath, DatapathError, List},
+        datapath::{Datapath, DatapathError, List, ServiceProto},
     };
 
     /// A monotonic clock (ns) and a wall clock (Unix seconds) that advance together.
@@ -1308,6 +1388,12 @@ pub mod testing {
         pub list_inserts: usize,
         /// New-ban events waiting to be taken (as from the ring buffer).
         pub events: Vec<BanEvent>,
+        pub prefix_bans: HashMap<Cidr, ListEntry>,
+        pub service_ports: HashMap<(ServiceProto, u16), u32>,
+        pub services: HashMap<u32, Service>,
+        /// Per-slot counts, as the program would have summed them.
+        pub service_stats: Vec<ServiceStats>,
+        pub known: HashMap<SourceKey, Known>,
     }
 
     impl FakeDatapath {
@@ -1322,6 +1408,11 @@ pub mod testing {
                 inserts_before_failure: None,
                 list_inserts: 0,
                 events: Vec::new(),
+                prefix_bans: HashMap::new(),
+                service_ports: HashMap::new(),
+                services: HashMap::new(),
+                service_stats: vec![ServiceStats::default(); capacity::SERVICES as usize],
+                known: HashMap::new(),
             }
         }
 
@@ -1402,6 +1493,55 @@ pub mod testing {
 
         fn sources(&self) -> Result<Vec<(SourceKey, SourceState)>, DatapathError> {
             Ok(self.sources.iter().map(|(k, s)| (*k, *s)).collect())
+        }
+
+        fn prefix_ban_insert(
+            &mut self,
+            cidr: &Cidr,
+            entry: ListEntry,
+        ) -> Result<(), DatapathError> {
+            self.prefix_bans.insert(*cidr, entry);
+            Ok(())
+        }
+
+        fn prefix_ban_remove(&mut self, cidr: &Cidr) -> Result<bool, DatapathError> {
+            Ok(self.prefix_bans.remove(cidr).is_some())
+        }
+
+        fn prefix_bans(&self) -> Result<Vec<(Cidr, ListEntry)>, DatapathError> {
+            Ok(self.prefix_bans.iter().map(|(c, e)| (*c, *e)).collect())
+        }
+
+        fn set_service_ports(
+            &mut self,
+            ports: &[(ServiceProto, u16, u32)],
+        ) -> Result<(), DatapathError> {
+            self.service_ports = ports.iter().map(|(p, port, s)| ((*p, *port), *s)).collect();
+            Ok(())
+        }
+
+        fn set_service(&mut self, slot: u32, service: &Service) -> Result<(), DatapathError> {
+            self.services.insert(slot, *service);
+            Ok(())
+        }
+
+        fn service_stats(&self) -> Result<Vec<ServiceStats>, DatapathError> {
+            Ok(self.service_stats.clone())
+        }
+
+        fn known(&self) -> Result<Vec<(SourceKey, Known)>, DatapathError> {
+            Ok(self.known.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+
+        fn known_insert(&mut self, key: &SourceKey, known: &Known) -> Result<(), DatapathError> {
+            self.known.insert(*key, *known);
+            self.sources.remove(key);
+            Ok(())
+        }
+
+        fn known_remove(&mut self, key: &SourceKey) -> Result<bool, DatapathError> {
+            self.sources.remove(key);
+            Ok(self.known.remove(key).is_some())
         }
     }
 }
