@@ -1,6 +1,7 @@
 //! The agent-check lines against a real HAProxy (Debian's 2.6), all on loopback: each health
 //! state moves the server as the agent module documents, read back through the stats socket.
-//! Skips, saying why, when no `haproxy` binary is installed.
+//! Skips, saying why, when no `haproxy` binary is installed (fails instead under `cargo xtask
+//! test`, which installs it).
 mod support;
 use std::{
     io::{Read, Write},
@@ -141,10 +142,7 @@ fn drive_backend(
 
 #[test]
 fn haproxy_follows_every_agent_line() {
-    if Command::new("haproxy").arg("-v").output().is_err() {
-        println!(
-            "SKIP haproxy_follows_every_agent_line: no haproxy binary (Debian package `haproxy`)"
-        );
+    if !support::haproxy_or_skip("haproxy_follows_every_agent_line") {
         return;
     }
     let mut initial = HealthReport::starting(0);
