@@ -148,11 +148,13 @@ pub fn program_now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Waits until the XDP program's clock is past `ns` (an expiry the program compares with it).
+/// Waits until the XDP program's clock is past `ns` (an expiry the program compares with it),
+/// which must be less than [`WAIT`] away.
 pub fn wait_for_program_clock(ns: u64) {
-    // The clock advances at a jiffy (at most 10 ms); the wait is bounded like every other.
-    let wait = Duration::from_nanos(ns.saturating_sub(program_now_ns())) + WAIT;
-    wait_for(wait, || (program_now_ns() > ns).then_some(()))
+    let ahead = Duration::from_nanos(ns.saturating_sub(program_now_ns()));
+    assert!(ahead < WAIT, "{ahead:?} is too far ahead to wait for");
+    // The clock advances a jiffy at a time (at most 10 ms).
+    wait_for(ahead + WAIT, || (program_now_ns() > ns).then_some(()))
         .unwrap_or_else(|| panic!("the program's clock never passed {ns} ns"));
 }
 
