@@ -137,6 +137,39 @@ pub fn wait_for<T>(timeout: Duration, mut ready: impl FnMut() -> Option<T>) -> O
     }
 }
 
+/// Has the TCP listener at `addr` (IPv4, in this network namespace) accepted at least `n`
+/// connections, with none left in its accept queue? Read from /proc/net/tcp, where a listening
+/// socket's rx_queue is its accept queue and every other socket bound to its address and port
+/// came from a handshake with it (still open or closing).
+pub fn tcp_accepted(addr: std::net::SocketAddr, n: usize) -> bool {
+    let std::net::SocketAddr::V4(a) = addr else {
+        panic!("{addr}: IPv4 only");
+    };
+    // The address as the kernel prints it: the network-order word read as a host integer.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(a.ip().octets()),
+        a.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let (mut queued, mut connections) = (None, 0);
+    for line in table.lines().skip(1) {
+        // sl local_address rem_address st tx_queue:rx_queue ...
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 5 || f[1] != local {
+            continue;
+        }
+        if f[3] == "0A" {
+            queued = f[4]
+                .split_once(':')
+                .and_then(|(_, rx)| u32::from_str_radix(rx, 16).ok());
+        } else {
+            connections += 1;
+        }
+    }
+    queued == Some(0) && connections >= n
+}
+
 /// Now on the XDP program's clock (`bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC_COARSE).
 pub fn program_now_ns() -> u64 {
     let mut ts = libc::timespec {
