@@ -11,7 +11,7 @@ use guard_common::{Ban, Config, FLAG_DRY_RUN, ListEntry, reason, source_key_v4, 
 use support::{
     XDP_DROP, XDP_PASS, kernel_or_skip, limits,
     packet::{Builder, TCP_ACK, TCP_SYN},
-    totals,
+    totals, wait_for_program_clock,
 };
 
 fn deny(k: &mut KernelDatapath, cidr: &str) {
@@ -852,12 +852,13 @@ fn a_cached_deny_lapses_when_its_entry_expires() {
     let Some(mut k) = kernel_or_skip("cache_expiry") else {
         return;
     };
-    let entry = ListEntry::expiring(k.now_ns() + 200_000_000);
+    let expires = k.now_ns() + 200_000_000;
+    let entry = ListEntry::expiring(expires);
     k.list_insert(List::Deny, &"198.18.8.0/24".parse().unwrap(), entry)
         .unwrap();
     let p = Builder::v4("198.18.8.9").build();
     assert_eq!(run_n(&mut k, &p, 2), [XDP_DROP, XDP_DROP]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_for_program_clock(expires);
     assert_eq!(k.test_run(&p).unwrap(), XDP_PASS);
 }
 
@@ -988,7 +989,10 @@ fn a_source_that_floods_again_after_its_ban_is_banned_again_over_the_stale_entry
     k.set_config(&limits(1, 1, 0, 0, 1)).unwrap();
     let p = Builder::v4("198.18.6.1").build();
     assert_eq!(run_n(&mut k, &p, 2), [XDP_PASS, XDP_DROP]);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // The ban ends a second after the drop that made it, when the bucket has refilled one token.
+    let first = k.bans().unwrap();
+    assert_eq!(first.len(), 1);
+    wait_for_program_clock(first[0].1.expires_ns);
     // The ban expired but is still in the map (no sweep ran); the bucket refilled one token.
     assert_eq!(run_n(&mut k, &p, 2), [XDP_PASS, XDP_DROP]);
     let bans = k.bans().unwrap();

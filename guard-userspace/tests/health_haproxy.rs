@@ -1,8 +1,10 @@
 //! The agent-check lines against a real HAProxy (Debian's 2.6), all on loopback: each health
 //! state moves the server as the agent module documents, read back through the stats socket.
-//! Skips, saying why, when no `haproxy` binary is installed.
+//! Skips, saying why, when no `haproxy` binary is installed (fails instead under `cargo xtask
+//! test`, which installs it).
 mod support;
 use std::{
+    collections::HashMap,
     io::{Read, Write},
     net::{SocketAddr, TcpListener},
     os::unix::net::UnixStream,
@@ -80,28 +82,30 @@ fn command(sock: &Path, cmd: &str) -> Option<String> {
     Some(out)
 }
 
-/// The `status`, `weight` and `last_agt` columns of server `be/s1` in `show stat`.
-fn server_stat(sock: &Path) -> Option<(String, String, String)> {
-    backend_stat(sock, "be")
-}
-
 /// The `status`, `weight` and `last_agt` columns of server `s1` of `backend`.
 fn backend_stat(sock: &Path, backend: &str) -> Option<(String, String, String)> {
+    let row = server_row(sock, backend)?;
+    let col = |name: &str| row.get(name).cloned();
+    Some((col("status")?, col("weight")?, col("last_agt")?))
+}
+
+/// Server `s1` of `backend` in `show stat`, by column name.
+fn server_row(sock: &Path, backend: &str) -> Option<HashMap<String, String>> {
     let csv = command(sock, "show stat")?;
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
-    let col = |name: &str| header.iter().position(|h| *h == name);
-    let (status, weight, agent) = (col("status")?, col("weight")?, col("last_agt")?);
     let prefix = format!("{backend},s1,");
-    let row: Vec<&str> = lines.find(|l| l.starts_with(&prefix))?.split(',').collect();
-    Some((
-        row.get(status)?.to_string(),
-        row.get(weight)?.to_string(),
-        row.get(agent)?.to_string(),
-    ))
+    let row = lines.find(|l| l.starts_with(&prefix))?;
+    Some(
+        header
+            .iter()
+            .zip(row.split(','))
+            .map(|(h, v)| (h.to_string(), v.to_string()))
+            .collect(),
+    )
 }
 
-/// Sets the report and waits (up to 5 s) until HAProxy shows what `expect` accepts.
+/// Sets the report and waits (up to `support::WAIT`) until HAProxy shows what `expect` accepts.
 fn drive(
     sock: &Path,
     report: &Mutex<HealthReport>,
@@ -125,7 +129,7 @@ fn drive_backend(
         r.status = status;
         r.reason = reason.to_string();
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + support::WAIT;
     let mut last = None;
     while Instant::now() < deadline {
         if let Some((s, w, a)) = backend_stat(sock, backend) {
@@ -141,10 +145,7 @@ fn drive_backend(
 
 #[test]
 fn haproxy_follows_every_agent_line() {
-    if Command::new("haproxy").arg("-v").output().is_err() {
-        println!(
-            "SKIP haproxy_follows_every_agent_line: no haproxy binary (Debian package `haproxy`)"
-        );
+    if !support::haproxy_or_skip("haproxy_follows_every_agent_line") {
         return;
     }
     let mut initial = HealthReport::starting(0);
@@ -230,9 +231,24 @@ fn haproxy_follows_every_agent_line() {
         |s, w, _| s == "UP" && w == "50",
     );
     report.lock().expect("lock").status = Status::Starting;
-    std::thread::sleep(Duration::from_millis(600));
-    let (s, w, _) = server_stat(&sock).expect("stats");
-    assert_eq!((s.as_str(), w.as_str()), ("UP", "50"));
+    // Wait for HAProxy to have read a `starting` line: an agent check that finds no words ends
+    // CHECKED ("No status change"), where the last one, "up ready 50%", ended L7OK. Then look.
+    let row = support::wait_for(support::WAIT, || {
+        server_row(&sock, "be")
+            .filter(|r| r.get("agent_status").map(String::as_str) == Some("CHECKED"))
+    })
+    .unwrap_or_else(|| {
+        let row = server_row(&sock, "be").unwrap_or_default();
+        let seen: Vec<_> = ["status", "weight", "agent_status", "agent_desc", "last_agt"]
+            .iter()
+            .map(|c| (*c, row.get(*c)))
+            .collect();
+        panic!("HAProxy never found the agent's starting line changed nothing: {seen:?}")
+    });
+    assert_eq!(
+        (row["status"].as_str(), row["weight"].as_str()),
+        ("UP", "50")
+    );
 
     // The HTTP path: `option httpchk` on /readyz/haproxy with `http-check disable-on-404`.
     let http_be = |status, expect: fn(&str) -> bool| {

@@ -1,5 +1,7 @@
 //! Live loopback tests of the health HTTP server: real sockets on 127.0.0.1, exact status
 //! lines, headers and bodies, and the bounds on slow and excess clients.
+mod support;
+
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -11,6 +13,7 @@ use guard::{
     health::{HealthReport, Status},
     http_server::{Handlers, HttpServer, MAX_CONNECTIONS},
 };
+use support::{WAIT, tcp_accepted, wait_for};
 
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().expect("loopback address")
@@ -183,11 +186,13 @@ fn silent_client_gets_408_after_the_read_timeout() {
 fn excess_connections_get_503_at_once_instead_of_piling_up() {
     let (srv, _) = server(Status::Pass);
     let addr = srv.local_addr();
-    // Fill every worker with a client that sends nothing.
+    // Fill every worker with a client that sends nothing, and wait until the server has taken
+    // them all in.
     let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS)
         .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect"))
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(WAIT, || tcp_accepted(addr, MAX_CONNECTIONS).then_some(()))
+        .expect("the server never accepted every idle client");
     let start = Instant::now();
     let response = get(addr, "/livez");
     assert!(

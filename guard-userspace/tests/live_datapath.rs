@@ -127,7 +127,8 @@ fn a_flooding_source_is_banned_and_the_ban_expires() {
         .set_config(&guard_common::Config {
             pps: 100,
             burst: 300,
-            ban_ns: 2_000_000_000,
+            // Long enough to outlast the checks below on a busy machine; its end is waited for.
+            ban_ns: 5_000_000_000,
             ..Default::default()
         })
         .unwrap();
@@ -147,7 +148,8 @@ fn a_flooding_source_is_banned_and_the_ban_expires() {
     );
     let (a, _) = exchange2(&b, 50, 0);
     assert_eq!(a, 0, "banned");
-    std::thread::sleep(Duration::from_millis(2500));
+    // The bucket has refilled by then: 100 pps for the 5 s since the drop that banned it.
+    support::wait_for_program_clock(bans[0].1.expires_ns);
     let (a, _) = exchange2(&b, 50, 0);
     assert_eq!(a, 50, "the ban expired and the bucket refilled");
 }

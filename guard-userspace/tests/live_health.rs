@@ -476,8 +476,15 @@ fn http_endpoints_agent_and_check_codes_follow_the_health_state() {
         "{err}"
     );
     assert!(err.contains("the running configuration stays"), "{err}");
-    std::thread::sleep(Duration::from_millis(1500));
-    let h = b.health();
+    // An evaluation made after the refusal (its time is in whole seconds) is still on the old
+    // thresholds: a threshold of 150% would have passed at once (rise = 1).
+    let refused = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let h = b.wait_health("evaluated after the refused reload", |h| {
+        h["time"].as_u64().is_some_and(|t| t > refused)
+    });
     assert_eq!(h["status"], "warn", "still on the old thresholds: {h}");
     assert_eq!(b.get("/readyz").status, 200);
     assert!(b.get("/livez").status == 200);

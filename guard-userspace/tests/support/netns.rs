@@ -16,13 +16,14 @@ use std::{
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// Live tests run under `cargo xtask test` (GUARD_TEST_LIVE=1) as root; elsewhere they say
-/// why they skip.
+/// Live tests run under `cargo xtask test` (GUARD_TEST_LIVE=1) as root; elsewhere (and
+/// under `cargo xtask test --skip-live`, which asks for it) they skip, saying why.
 pub fn live_or_skip(test: &str) -> bool {
     let wanted = std::env::var("GUARD_TEST_LIVE").as_deref() == Ok("1");
     if !wanted {
-        eprintln!(
-            "SKIP {test}: live namespace tests run under `cargo xtask test` (GUARD_TEST_LIVE=1)"
+        super::skip(
+            test,
+            "live namespace tests need GUARD_TEST_LIVE=1 and root; run `cargo xtask test`",
         );
         return false;
     }
