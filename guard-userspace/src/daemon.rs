@@ -677,7 +677,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             seq: control.operator_seq(),
             services: control.service_reports(),
             known_sources: control.known_count(),
-            prefix_bans: control.status().prefix_bans,
+            prefix_bans: control.prefix_ban_count(),
         }
     }
 

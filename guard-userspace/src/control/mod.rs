@@ -1302,7 +1302,11 @@ impl<D: Datapath> Control<D> {
             deny_entries: self.deny.len(),
             bans: self.bans.len(),
             prefix_bans: self.prefix_bans.len(),
-            known_sources: self.known_count(),
+            // Counted now (a walk of KNOWN), not as of the last expiry walk.
+            known_sources: self
+                .dp
+                .known()
+                .map_or_else(|_| self.known_count(), |k| k.len()),
             services: self.service_reports(),
         }
     }

@@ -155,6 +155,11 @@ impl<D: Datapath> Control<D> {
         self.persist()
     }
 
+    /// Prefix bans in force.
+    pub fn prefix_ban_count(&self) -> usize {
+        self.prefix_bans.len()
+    }
+
     /// Known sources as of the last walk.
     pub fn known_count(&self) -> usize {
         self.known_swept.map_or(0, |(_, n)| n)
