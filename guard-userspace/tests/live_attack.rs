@@ -115,7 +115,7 @@ fn flood(
             sent.fetch_add(1, Ordering::Relaxed);
         }
         // Pace: about `pps`, in bursts of 100.
-        if n % 100 == 0 {
+        if n.is_multiple_of(100) {
             let due = Duration::from_secs_f64(n as f64 / pps as f64);
             if let Some(wait) = due.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
