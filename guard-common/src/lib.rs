@@ -56,9 +56,18 @@ pub mod map_names {
     /// Per-CPU `u32 (0) -> the program's scratch` (the packet being judged). The only map
     /// that is never pinned (nor in `ALL`): it holds nothing between packets.
     pub const SCRATCH: &str = "GUARD_SCRATCH";
+    /// Program array `0 -> guard_cookie`: the SYN-cookie stage, tail-called by the program.
+    /// Pinned (a program array no file or process holds is emptied); the daemon puts the
+    /// stage of its own load in at each start (none on kernels without the syncookie
+    /// helpers, where cookie services pass their SYNs to the kernel).
+    pub const COOKIE_PROGS: &str = "GUARD_COOKIE";
+    /// The programs the object holds besides `PROGRAM_NAME`.
+    pub const COOKIE_PROGRAM: &str = "guard_cookie";
+    /// The TC ingress program that hands a cookie-validated ACK to the listener.
+    pub const TC_PROGRAM: &str = "guard_tc";
 
     /// Every map that is pinned, in a fixed order (pinning, compatibility checks).
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         CONFIG,
         CONFIG_SLOT,
         STATS,
@@ -77,6 +86,7 @@ pub mod map_names {
         SERVICES,
         SERVICE_STATS,
         CPU_STATE,
+        COOKIE_PROGS,
     ];
 }
 
@@ -424,6 +434,60 @@ const _: () = assert!(core::mem::size_of::<PrefixState>() == 24);
 pub const SERVICE_UNDER_ATTACK: u32 = 1;
 /// `Service::flags`: the service is a TCP service (handshakes to it make sources known).
 pub const SERVICE_TCP: u32 = 1 << 1;
+/// `Service::flags`: SYNs from sources that are not known are answered in XDP with a SYN
+/// cookie (set while the service is under attack with `syn_cookies = "auto"`, or always with
+/// `"on"`).
+pub const SERVICE_COOKIES: u32 = 1 << 2;
+
+/// The TC stage's call of the kfunc `bpf_sk_assign_tcp_reqsk`, as the object holds it: a
+/// `call` with `src_reg` 2 (BPF_PSEUDO_KFUNC_CALL) and a placeholder id (`0x7eadbeef`), whose
+/// last four bytes the loader replaces with the function's BTF id in the running kernel.
+pub const KFUNC_CALL_PLACEHOLDER: [u8; 8] = [0x85, 0x20, 0x00, 0x00, 0xef, 0xbe, 0xad, 0x7e];
+
+/// The window scale the guard's SYN-ACKs announce, and the TC stage gives the listener: the
+/// server then never offers more than 64 KiB << 7 = 8 MiB of window to a cookie client.
+pub const COOKIE_WSCALE: u8 = 7;
+/// The MSS the guard's SYN-ACKs announce (a 1500-byte MTU), IPv4 and IPv6.
+pub const COOKIE_MSS_V4: u16 = 1460;
+pub const COOKIE_MSS_V6: u16 = 1440;
+/// The kernel's SYN-cookie MSS tables (net/ipv4/syncookies.c, net/ipv6/syncookies.c), by the
+/// index the cookie encodes.
+pub const COOKIE_MSS_TABLE_V4: [u16; 4] = [536, 1300, 1440, 1460];
+pub const COOKIE_MSS_TABLE_V6: [u16; 4] = [1220, 1420, 1440, 8940];
+
+/// The TSval of a cookie SYN-ACK, as the kernel's `cookie_init_timestamp` makes it: the low 6
+/// bits carry the client's window scale (0xf: none) and SACK, and the value is never in the
+/// future of `now_ms` (`tcp_clock_ms`).
+#[inline(always)]
+pub const fn cookie_tsval(now_ms: u64, wscale: u8, sack: bool) -> u32 {
+    // TCP timestamps are 32-bit and wrap, as the kernel's do.
+    let now = now_ms as u32;
+    let mut ts = (now & !63) | (wscale as u32 & 0xf);
+    if sack {
+        ts |= 1 << 4;
+    }
+    if ts > now {
+        ts = ts.wrapping_sub(64);
+    }
+    ts
+}
+
+/// The client's window scale and SACK from the TSecr of its ACK (the TSval we sent back):
+/// `None` for no window scaling.
+#[inline(always)]
+pub const fn cookie_ts_options(tsecr: u32) -> (Option<u8>, bool) {
+    let wscale = (tsecr & 0xf) as u8;
+    (
+        if wscale == 0xf {
+            None
+        } else if wscale > 14 {
+            Some(14)
+        } else {
+            Some(wscale)
+        },
+        tsecr & (1 << 4) != 0,
+    )
+}
 
 /// A service slot's mode, written by userspace every second.
 #[repr(C)]
@@ -836,6 +900,22 @@ mod tests {
         let g = Gcra::new(1, 1);
         let tat = gcra_next(0, 10 * SEC, g.interval_ns, g.tolerance_ns).unwrap();
         assert!(gcra_next(tat, 5 * SEC, g.interval_ns, g.tolerance_ns).is_none());
+    }
+
+    #[test]
+    fn cookie_timestamps_carry_the_options_and_are_never_in_the_future() {
+        for now in [0u64, 63, 64, 1_000_000, 1_000_007, u64::from(u32::MAX) + 5] {
+            for (ws, sack) in [(7u8, true), (0xf, false), (0, true)] {
+                let ts = cookie_tsval(now, ws, sack);
+                let now32 = now as u32;
+                assert!(ts <= now32 || now32 < 64, "{now} {ts}");
+                let (w, s) = cookie_ts_options(ts);
+                assert_eq!(w, if ws == 0xf { None } else { Some(ws) });
+                assert_eq!(s, sack);
+            }
+        }
+        assert_eq!(cookie_ts_options(0x3f), (None, true));
+        assert_eq!(cookie_tsval(1_000_000, 7, false), 1_000_000 - 64 + 7);
     }
 
     #[test]

@@ -4,8 +4,12 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 // compare-and-swap: the BPF target has no `AtomicU64::compare_exchange` (see limit.rs).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+// The kfunc call of the TC stage is one hand-written instruction (see tc.rs).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+#[cfg(target_arch = "bpf")]
+mod cookie;
 #[cfg(target_arch = "bpf")]
 mod front;
 #[cfg(target_arch = "bpf")]
@@ -20,6 +24,8 @@ mod maps;
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod service;
+#[cfg(target_arch = "bpf")]
+mod tc;
 
 #[cfg(target_arch = "bpf")]
 pub mod program {
@@ -33,7 +39,7 @@ pub mod program {
 
     use crate::{
         front, known, limit, lists,
-        maps::{CONFIG, CONFIG_SLOT, SCRATCH, STATS},
+        maps::{CONFIG, CONFIG_SLOT, COOKIE_PROGS, SCRATCH, STATS},
         parse::{self, Packet, Parsed},
         service::{self, Svc},
     };
@@ -68,12 +74,47 @@ pub mod program {
         malformed_tolerance_ns: 0,
     };
 
+    /// `judge`'s answers for the SYN-cookie stage, never counter reasons: answer this SYN
+    /// with a cookie; check this ACK's cookie.
+    const COOKIE_SYN: usize = 1000;
+    const COOKIE_ACK: usize = 1001;
+
     #[xdp]
     pub fn guard(ctx: XdpContext) -> u32 {
         let len = (ctx.data_end() - ctx.data()) as u64;
         let cfg = config();
-        let why = judge(&ctx, cfg, len);
+        let mut why = judge(&ctx, cfg, len);
+        if why == COOKIE_SYN || why == COOKIE_ACK {
+            if cfg.flags & FLAG_DRY_RUN == 0 {
+                // The cookie stage counts its own verdict; it returns only if it is missing
+                // (the kernel lacks the helpers), and then the packet goes to the kernel.
+                // SAFETY: a tail call with this program's own context.
+                unsafe { COOKIE_PROGS.tail_call(&ctx, 0) };
+                why = reason::PASSED;
+            } else if why == COOKIE_SYN {
+                // Dry-run: counted as a cookie (and would-drop: it would not reach the
+                // stack), and passed.
+                return record_dry_cookie(&ctx, len);
+            } else {
+                why = reason::PASSED;
+            }
+        }
         record(&ctx, cfg, why, len)
+    }
+
+    /// Counts a SYN that would have been answered with a cookie, in dry-run.
+    #[inline(always)]
+    fn record_dry_cookie(ctx: &XdpContext, len: u64) -> u32 {
+        let slot = (ctx.ingress_ifindex() as u32) % capacity::STATS_SLOTS;
+        if let Some(c) = STATS.get_ptr_mut(slot) {
+            // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
+            let c = unsafe { &mut *c };
+            for why in [reason::COOKIE_SENT, reason::WOULD_DROP] {
+                c.packets[why] += 1;
+                c.bytes[why] += len;
+            }
+        }
+        xdp_action::XDP_PASS
     }
 
     /// The config in force: the slot `CONFIG_SLOT` names, read through one pointer. Userspace
@@ -147,18 +188,18 @@ pub mod program {
         decide(ctx, &scratch.pkt, cfg, &mut scratch.job)
     }
 
-    /// The program's per-CPU scratch (see `maps::SCRATCH`).
+    /// The program's per-CPU scratch (see `maps::SCRATCH`); the cookie stage reads it too.
     pub struct Scratch {
-        pkt: Packet,
-        job: Job,
+        pub pkt: Packet,
+        pub job: Job,
     }
 
     /// What the pipeline found out about a packet besides its headers.
-    struct Job {
-        svc: Svc,
-        key: SourceKey,
-        now: u64,
-        len: u64,
+    pub struct Job {
+        pub svc: Svc,
+        pub key: SourceKey,
+        pub now: u64,
+        pub len: u64,
     }
 
     /// The verdict for a source: from its tracker entry, or from the front stage.
@@ -277,6 +318,9 @@ pub mod program {
             start.known = true;
             return TRACK;
         }
+        if let Some(why) = cookie_stage(ctx, pkt, svc) {
+            return why;
+        }
         let handshake = known::may_show_handshake(pkt, svc.tcp);
         if svc.attack {
             if !service::newcomer_conforms(svc, now) {
@@ -350,6 +394,9 @@ pub mod program {
         }
         let known = state.known != 0;
         if !known {
+            if let Some(why) = cookie_stage(ctx, pkt, svc) {
+                return why;
+            }
             if svc.attack && !service::newcomer_conforms(svc, now) {
                 return reason::NEWCOMER_LIMITED;
             }
@@ -377,6 +424,26 @@ pub mod program {
             known::promote_on_handshake(ctx, pkt, state, key, now);
         }
         passed(pkt)
+    }
+
+    /// For a source that is not known, on a cookie service: a SYN is answered with a cookie, and
+    /// an ACK that belongs to no connection the host holds must carry one. (`None`: neither.)
+    #[inline(always)]
+    fn cookie_stage(ctx: &XdpContext, pkt: &Packet, svc: &Svc) -> Option<usize> {
+        if !svc.cookies || pkt.proto != parse::IPPROTO_TCP || pkt.l4_off == 0 || pkt.truncated {
+            return None;
+        }
+        if pkt.syn {
+            return Some(COOKIE_SYN);
+        }
+        let f = pkt.tcp_flags;
+        if f & parse::TCP_FLAG_ACK != 0
+            && f & (parse::TCP_FLAG_SYN | parse::TCP_FLAG_RST) == 0
+            && !known::established(ctx, pkt)
+        {
+            return Some(COOKIE_ACK);
+        }
+        None
     }
 
     /// A passing packet's reason: malformed (judged by its source) or passed.

@@ -2,7 +2,7 @@
 //! test that loads the object); what happens when each is full is written beside it.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use guard_common::{
     Ban, Config, Counters, CpuState, Known, ListEntry, PrefixState, Service, ServiceStats,
@@ -107,3 +107,10 @@ pub static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0
 /// packets (XDP never runs twice at once on one CPU).
 #[map(name = "GUARD_SCRATCH")]
 pub static SCRATCH: PerCpuArray<crate::program::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// `0 -> guard_cookie`, the SYN-cookie stage, tail-called for the SYNs and ACKs of cookie
+/// services. Filled by the daemon at each load; pinned, since a program array that no file
+/// or process holds is emptied. Empty (the kernel lacks the syncookie helpers, or the stage
+/// did not load): those packets pass to the kernel.
+#[map(name = "GUARD_COOKIE")]
+pub static COOKIE_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);

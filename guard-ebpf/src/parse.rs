@@ -115,6 +115,9 @@ pub struct Packet {
     pub tcp_payload: bool,
     /// Where the IP datagram ends by its own length field (offset in the frame).
     pub ip_end: u16,
+    /// Offsets of the IP header and (0 if not read) of the TCP header in the frame.
+    pub l3_off: u16,
+    pub l4_off: u16,
     /// The IP header or the transport header is malformed or cut short: judged by the source,
     /// counted as malformed if it passes.
     pub truncated: bool,
@@ -217,6 +220,8 @@ fn parse_ipv4(ctx: &Frame, off: usize, pkt: &mut Packet) -> Parsed {
         syn: false,
         tcp_payload: false,
         ip_end: (off as u16).wrapping_add(u16::from_be_bytes([hdr[2], hdr[3]])),
+        l3_off: off as u16,
+        l4_off: 0,
         truncated: false,
         neighbour_discovery: false,
     };
@@ -265,6 +270,7 @@ fn tcp_flags(ctx: &Frame, l4: usize, pkt: &mut Packet) {
             pkt.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
             pkt.tcp_flags = tcp[13];
             pkt.syn = tcp[13] & TCP_FLAG_SYN != 0 && tcp[13] & TCP_FLAG_ACK == 0;
+            pkt.l4_off = l4 as u16;
             // Data offset: the header's length in 32-bit words.
             let hlen = usize::from(tcp[12] >> 4) * 4;
             pkt.tcp_payload = usize::from(pkt.ip_end) > l4 + hlen;
@@ -309,6 +315,8 @@ fn parse_ipv6(ctx: &Frame, off: usize, pkt: &mut Packet) -> Parsed {
         ip_end: (off as u16)
             .wrapping_add(40)
             .wrapping_add(u16::from_be_bytes([hdr[4], hdr[5]])),
+        l3_off: off as u16,
+        l4_off: 0,
         truncated: false,
         neighbour_discovery: false,
     };

@@ -1,6 +1,6 @@
 //! Services: which (protocol, port) a packet is for, the per-CPU counts the daemon turns into
 //! rates, and the newcomer budget that holds unknown sources while a service is under attack.
-use guard_common::{Config, FLAG_SERVICES, SERVICE_TCP, SERVICE_UNDER_ATTACK};
+use guard_common::{Config, FLAG_SERVICES, SERVICE_COOKIES, SERVICE_TCP, SERVICE_UNDER_ATTACK};
 
 use crate::{
     limit,
@@ -16,6 +16,8 @@ pub struct Svc {
     pub attack: bool,
     /// A TCP service (its handshakes make sources known).
     pub tcp: bool,
+    /// SYNs of sources that are not known get a SYN cookie from the XDP stage.
+    pub cookies: bool,
     pub newcomer_interval_ns: u64,
     pub newcomer_tolerance_ns: u64,
 }
@@ -50,6 +52,7 @@ pub fn classify(pkt: &Packet, cfg: &Config, len: u64, now: u64) -> Svc {
             slot,
             attack: s.flags & SERVICE_UNDER_ATTACK != 0 && s.attack_until_ns > now,
             tcp: s.flags & SERVICE_TCP != 0,
+            cookies: s.flags & SERVICE_COOKIES != 0,
             newcomer_interval_ns: s.newcomer_interval_ns,
             newcomer_tolerance_ns: s.newcomer_tolerance_ns,
         },
@@ -57,6 +60,7 @@ pub fn classify(pkt: &Packet, cfg: &Config, len: u64, now: u64) -> Svc {
             slot,
             attack: false,
             tcp: false,
+            cookies: false,
             newcomer_interval_ns: 0,
             newcomer_tolerance_ns: 0,
         },

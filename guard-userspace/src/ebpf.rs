@@ -205,6 +205,7 @@ fn expected_layout(name: &str) -> Option<(MapType, u32, u32, u32)> {
             capacity::SERVICES,
         ),
         map_names::CPU_STATE => (MapType::PerCpuArray, 4, sz(size_of::<CpuState>()), 1),
+        map_names::COOKIE_PROGS => (MapType::ProgramArray, 4, 4, 1),
         _ => return None,
     })
 }
@@ -261,14 +262,22 @@ pub fn load(pin_dir: Option<&Path>) -> Result<KernelDatapath, LoadError> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(OBJECT).map_err(LoadError::Load)?;
+    let (object, kfunc) = crate::cookies::patch_kfunc(OBJECT);
+    let mut ebpf = loader.load(&object).map_err(LoadError::Load)?;
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM_NAME)
         .ok_or(LoadError::Missing("program"))?
         .try_into()
         .map_err(LoadError::Program)?;
     program.load().map_err(LoadError::Program)?;
-    KernelDatapath::new(ebpf)
+    let cookies = crate::cookies::load_stages(&mut ebpf, kfunc);
+    match &cookies {
+        Ok(()) => log::debug!("SYN cookies at the NIC: available"),
+        Err(why) => log::info!("SYN cookies at the NIC are unavailable: {why}"),
+    }
+    let mut dp = KernelDatapath::new(ebpf)?;
+    dp.cookies = cookies;
+    Ok(dp)
 }
 
 fn if_index(iface: &str) -> Option<u32> {
@@ -569,6 +578,8 @@ pub struct KernelDatapath {
     mapped_ports: Vec<u32>,
     /// Possible CPUs: budgets enforced per CPU are shared out among them.
     cpus: u32,
+    /// Whether the SYN-cookie stages loaded (and why not).
+    cookies: Result<(), String>,
 }
 
 type V4Trie = LpmTrie<MapData, [u8; 4], ListEntry>;
@@ -642,6 +653,7 @@ impl KernelDatapath {
             flipped: None,
             mapped_ports: Vec::new(),
             cpus: cpus.max(1),
+            cookies: Err("not loaded".to_string()),
         })
         .and_then(|mut dp| {
             // Adopted maps keep their config and entries: start from them.
@@ -710,6 +722,29 @@ impl KernelDatapath {
     /// Possible CPUs, among which the per-CPU budgets are shared out.
     pub fn cpus(&self) -> u32 {
         self.cpus
+    }
+
+    /// Whether SYN cookies at the NIC can be used: both stages loaded, or why not.
+    pub fn cookie_support(&self) -> Result<(), &str> {
+        self.cookies.as_ref().map(|_| ()).map_err(String::as_str)
+    }
+
+    /// Runs the program once on `packet` and returns its action and the frame as the program
+    /// left it (a SYN-ACK it built, say).
+    ///
+    /// # Errors
+    /// When the kernel refuses the test run.
+    pub fn test_run_out(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..TestRunOptions::default()
+        };
+        let result = self.program()?.test_run(opts)?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
     }
 
     /// Does the trie behind hint `bit` hold any entry? (One BPF_MAP_GET_NEXT_KEY.)

@@ -7,6 +7,7 @@ pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod cookies;
 pub mod daemon;
 pub mod datapath;
 pub mod duration;

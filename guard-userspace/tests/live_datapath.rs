@@ -168,6 +168,13 @@ fn pins_keep_protection_when_the_loader_dies_and_a_new_start_adopts_them() {
             .all(|a| a.mode == "generic" && !a.adopted)
     );
     deny(&mut first.datapath, "198.18.1.2");
+    let denied_by = |d: &ebpf::KernelDatapath| -> u64 {
+        d.counters()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| c.packets[reason::DENIED])
+            .sum()
+    };
     drop(first);
     // Nothing in this process holds the program now: only the pins.
     assert_eq!(
@@ -186,16 +193,17 @@ fn pins_keep_protection_when_the_loader_dies_and_a_new_start_adopts_them() {
     let denied = second.datapath.list_entries(List::Deny).unwrap();
     assert_eq!(denied.len(), 1);
     assert_eq!(denied[0].0.to_string(), "198.18.1.2/32");
+    // The counters carried over: the drops made while no loader ran are there (the link may
+    // lose a datagram or two on a busy machine, so not an exact 300).
+    let carried = denied_by(&second.datapath);
+    assert!(carried > 250, "counters carried over: {carried}");
     assert_eq!(exchange(&b, 300), (0, 300));
     // The adopted program writes the adopted maps: its counters keep growing.
-    let before: u64 = second
-        .datapath
-        .counters()
-        .unwrap()
-        .iter()
-        .map(|(_, c)| c.packets[reason::DENIED])
-        .sum();
-    assert!(before >= 600, "counters carried over: {before}");
+    let grown = denied_by(&second.datapath);
+    assert!(
+        grown > carried + 250,
+        "counters grow: {carried} then {grown}"
+    );
 
     let detached = ebpf::detach(&b.tb.pin_dir).unwrap();
     assert_eq!(detached.len(), 2);
