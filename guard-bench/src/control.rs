@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    netns::{Testbed, join, sh_out, spawn_in},
+    netns::{Testbed, join, mac_of as mac, sh_out, spawn_in},
     report::{Section, Table, verdict},
     sender::{self, Frames, MAX_SPOOFED},
 };
@@ -425,8 +425,4 @@ impl Probes {
             None => self.failed += 1,
         }
     }
-}
-
-fn mac(ns: &str, iface: &str) -> Result<[u8; 6]> {
-    crate::flood::mac_of(ns, iface)
 }

@@ -5,6 +5,7 @@
 mod control;
 mod cost;
 mod flood;
+mod floor;
 mod netns;
 mod packet;
 mod report;
