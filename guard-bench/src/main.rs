@@ -4,6 +4,7 @@
 
 mod control;
 mod cost;
+mod daemon;
 mod flood;
 mod floor;
 mod netns;
