@@ -439,6 +439,7 @@ fn measure(opts: &Options, section: &mut Section) -> Result<()> {
     let mut floor_ns = Vec::new();
     let floor_packet = Udp::v4(PASS_V4).build();
     for round in 0..opts.rounds {
+        crate::signal::check()?;
         eprintln!(
             "guard-bench: cost per packet, round {}/{}",
             round + 1,

@@ -12,6 +12,7 @@ mod netns;
 mod packet;
 mod report;
 mod sender;
+mod signal;
 
 use std::{fs, path::PathBuf, process::ExitCode, time::Instant};
 
@@ -80,6 +81,7 @@ fn run(args: Args) -> Result<bool> {
             "guard-bench needs root (it loads XDP programs and creates network namespaces): run `sudo -E cargo xtask bench`"
         );
     }
+    signal::install();
     let started = Instant::now();
     let machine = Machine::probe();
     println!("{}", machine.markdown());
@@ -91,7 +93,7 @@ fn run(args: Args) -> Result<bool> {
             floor_object: args.floor_object.clone(),
         }));
     }
-    if args.only.contains(&Part::Flood) {
+    if args.only.contains(&Part::Flood) && signal::check().is_ok() {
         let flood = flood::run(&flood::Options {
             secs: args.flood_secs,
             max_packets: args.flood_max_packets,
@@ -115,7 +117,7 @@ fn run(args: Args) -> Result<bool> {
              `--only cost,flood`).",
         );
     }
-    if args.only.contains(&Part::Control) {
+    if args.only.contains(&Part::Control) && signal::check().is_ok() {
         sections.push(control::run(args.guard_bin.as_deref()));
     }
     let ok = sections.iter().all(|s| s.failure.is_none());

@@ -169,6 +169,7 @@ fn measure(opts: &Options) -> Result<(Vec<Outcome>, RunInfo)> {
     let mut run = 0;
     for traffic in Traffic::ALL {
         for protection in Protection::ALL {
+            crate::signal::check()?;
             run += 1;
             let shield = Shield::raise(protection, &top, &setup, run)
                 .with_context(|| format!("raising {}", protection.name()))?;
