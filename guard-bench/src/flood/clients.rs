@@ -33,9 +33,10 @@ pub const KEEPALIVE_RATE: u32 = 1000;
 pub const CONNECT_RATE: u32 = 100;
 /// A UDP or keep-alive request not answered within this is lost.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
-/// A connection not established within this failed: time for one SYN retransmission (the
-/// first comes after 1 s, RFC 6298 section 2.1), not two.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection not established within this failed: a client whose first SYN went unanswered
+/// waits out the initial retransmission timeout of 1 s (RFC 6298 section 2.1), which is the
+/// harm a SYN flood does, so a connection counts only if it needed no retransmission.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
@@ -419,13 +420,13 @@ mod tests {
             },
             Record {
                 sent: MS,
-                connected: Some(MS + 1500 * MS),
-                answered: Some(MS + 1501 * MS),
+                connected: Some(MS + 900 * MS),
+                answered: Some(MS + 901 * MS),
             },
             Record {
                 sent: 2 * MS,
-                connected: Some(2 * MS + 2500 * MS),
-                answered: Some(2 * MS + 2501 * MS),
+                connected: Some(2 * MS + 1500 * MS),
+                answered: Some(2 * MS + 1501 * MS),
             },
         ];
         let s = summarize(
@@ -437,7 +438,7 @@ mod tests {
         );
         assert_eq!(s.scheduled, 100);
         assert_eq!(s.ok, 2);
-        assert_eq!(s.connect_us, vec![500, 1_500_000]);
-        assert_eq!(s.latency_us, vec![1_501_000]);
+        assert_eq!(s.connect_us, vec![500, 900_000]);
+        assert_eq!(s.latency_us, vec![901_000]);
     }
 }

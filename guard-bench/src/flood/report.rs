@@ -40,7 +40,7 @@ pub fn intro(info: &RunInfo) -> String {
          within {answer} s); requests on one kept-alive TCP connection at {KEEPALIVE_RATE}/s, \
          one at a time (a request unanswered within {answer} s closes it and the client \
          connects again); new TCP connections at {CONNECT_RATE}/s (established within \
-         {connect} s, then one request). A client's share is what it got answered (new \
+         {connect} s, that is without waiting out a SYN retransmission, then one request). A client's share is what it got answered (new \
          connections: established) in time, of what its rate scheduled in the window.\n\n\
          **Floods**, from one sender thread on CPU {PEER_CPU} at the highest rate it reaches \
          (AF_PACKET, qdisc bypassed, `sendmmsg` in batches of 256), at most {max} packets and \
