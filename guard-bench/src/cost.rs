@@ -396,9 +396,12 @@ struct Figures {
     error: Option<String>,
 }
 
+/// The section's title, which section 2's live figures are filed under.
+pub const TITLE: &str = "1. Cost per packet (BPF_PROG_TEST_RUN)";
+
 pub fn run(opts: &Options) -> Section {
     let mut section = Section::new(
-        "1. Cost per packet (BPF_PROG_TEST_RUN)",
+        TITLE,
         &format!(
             "Each path runs the real guard program on one packet `repeat` = {} times per \
              round through BPF_PROG_TEST_RUN; the figure is the median over {} rounds of the \

@@ -103,13 +103,13 @@ fn run(args: Args) -> Result<bool> {
         // The live cost per packet belongs with section 1's; without it, with section 2.
         let mut flood_section = flood.section;
         if let Some(live) = flood.live {
-            match sections.iter_mut().find(|s| s.title.starts_with("1.")) {
+            match sections.iter_mut().find(|s| s.title == cost::TITLE) {
                 Some(cost) => cost.tables.push(live),
                 None => flood_section.tables.push(live),
             }
         }
         sections.push(flood_section);
-    } else if let Some(cost) = sections.iter_mut().find(|s| s.title.starts_with("1."))
+    } else if let Some(cost) = sections.iter_mut().find(|s| s.title == cost::TITLE)
         && let Some(t) = cost.tables.first_mut()
     {
         t.note(

@@ -96,8 +96,13 @@ pub struct RunInfo {
 }
 
 pub fn run(opts: &Options) -> Results {
-    let mut section = Section::new("2. Floods that hurt (real packets on veth)", "");
-    match measure(opts) {
+    let mut section = Section::new(
+        "2. Floods that hurt (real packets on veth)",
+        "Floods from one sender CPU against services pinned to the server's CPU, with no \
+         protection, nftables and the guard (the README's Benchmarks section describes the \
+         setup).",
+    );
+    let live = match measure(opts) {
         Ok((outcomes, info)) => {
             section.intro = report::intro(&info);
             let (tables, live) = report::tables(&outcomes, &info);
@@ -105,17 +110,14 @@ pub fn run(opts: &Options) -> Results {
                 println!("{}", t.markdown());
                 section.tables.push(t);
             }
-            return Results {
-                section,
-                live: Some(live),
-            };
+            Some(live)
         }
-        Err(e) => section.failure = Some(format!("{e:#}")),
-    }
-    Results {
-        section,
-        live: None,
-    }
+        Err(e) => {
+            section.failure = Some(format!("{e:#}"));
+            None
+        }
+    };
+    Results { section, live }
 }
 
 fn measure(opts: &Options) -> Result<(Vec<Outcome>, RunInfo)> {
