@@ -1,9 +1,10 @@
 //! The live cost of an attached XDP program: the kernel's run-time statistics (`run_time_ns`
 //! and `run_cnt`, what `kernel.bpf_stats_enabled=1` turns on), read with bpftool.
 //!
-//! The statistics are turned on with BPF_ENABLE_STATS rather than by writing the sysctl: the
-//! kernel counts them while the returned descriptor is open (the sysctl reads 1 meanwhile) and
-//! stops when it closes, so the machine's setting comes back even if the bench is killed.
+//! The statistics are turned on with BPF_ENABLE_STATS rather than by writing the sysctl: it
+//! raises the same static key (the same counters), only while the returned descriptor is open,
+//! so the sysctl is never written and nothing is left on even if the bench is killed. (The
+//! sysctl reads back its own last written value, so it shows 0 meanwhile.)
 
 use std::{fs, os::fd::OwnedFd};
 
@@ -17,9 +18,8 @@ const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// Run-time statistics on while this lives.
 pub struct StatsOn {
     _fd: OwnedFd,
-    /// `kernel.bpf_stats_enabled` before, and while on.
+    /// `kernel.bpf_stats_enabled` before.
     pub before: String,
-    pub during: String,
 }
 
 impl StatsOn {
@@ -29,11 +29,7 @@ impl StatsOn {
         let before = read_sysctl();
         let fd = enable_stats(Stats::RunTime)
             .context("BPF_ENABLE_STATS (Linux 5.8 or later, as root)")?;
-        Ok(Self {
-            _fd: fd,
-            before,
-            during: read_sysctl(),
-        })
+        Ok(Self { _fd: fd, before })
     }
 }
 

@@ -91,7 +91,6 @@ pub struct RunInfo {
     pub limits: Limits,
     pub work_ns: f64,
     pub sysctl_before: String,
-    pub sysctl_during: String,
     pub sysctl_after: String,
 }
 
@@ -196,7 +195,6 @@ fn measure(opts: &Options) -> Result<(Vec<Outcome>, RunInfo)> {
         limits,
         work_ns,
         sysctl_before: stats.before.clone(),
-        sysctl_during: stats.during.clone(),
         sysctl_after: {
             drop(stats);
             live::read_sysctl()

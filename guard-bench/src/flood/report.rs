@@ -202,7 +202,7 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
             "protection",
             "flood sent (pkt/s)",
             "dropped by protection (pkt/s)",
-            "dropped on the link (pkt/s)",
+            "dropped on the link, ring full (pkt/s)",
             "CPU 1 backlog drops (pkt/s)",
             "CPU 1 busy: user + softirq (system)",
             "XDP ns/pkt (live)",
@@ -229,15 +229,18 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
          (the connection flood: every packet its sockets sent, handshakes and resets included, \
          and the requests the server answered it). Dropped by protection: the nftables drop \
          rules' counters, or the guard's denied + banned + rate-limited + SYN-limited counters \
-         (`guard stats`). Dropped on the link: rx drops of the server's attacker-facing veth \
-         plus tx drops of the attacker's (a full veth ring). CPU 1 backlog drops: packets RPS \
-         could not queue for CPU 1 (/proc/net/softnet_stat).",
+         (`guard stats`). Dropped on the link: frames the attacker's veth refused because the \
+         server side's ring was full (its tx drops). CPU 1 backlog drops: packets RPS could \
+         not queue for CPU 1 because its backlog was full (/proc/net/softnet_stat), the \
+         legitimate clients' among them.",
     );
     server.note(format!(
         "CPU {SERVER_CPU} busy: its user and softirq time in /proc/stat over the window (system \
-         time, mostly the services' socket calls, in brackets). XDP ns/pkt: the mean run time \
-         of the program on the server's attacker-facing veth (the floor, or the guard), from \
-         the kernel's run-time statistics; it runs on CPU {PEER_CPU}."
+         time, mostly the services' socket calls, in brackets). It is all of CPU {SERVER_CPU}'s \
+         time, whoever ran there: on a shared machine other work shows up in it, most visibly \
+         in the no-flood rows. XDP ns/pkt: the mean run time of the program on the server's \
+         attacker-facing veth (the floor, or the guard), from the kernel's run-time \
+         statistics; it runs on CPU {PEER_CPU}."
     ));
 
     let mut targets = Table::new(
@@ -343,7 +346,13 @@ impl GuardFlood {
     fn slowed_note(&self, traffic: Traffic) -> String {
         let ns = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} ns"));
         format!(
-            "**{}** (met, with the flood slowed): the guard dropped only {:.0}% of this flood,              which reached it at {:.0}% of the rate the unprotected server met. On veth the              receiving veth's XDP program runs on the sending CPU, CPU {PEER_CPU}: the guard's              {} per packet (a never-seen source each packet) against the floor's {} slowed              the attacker's own sender. Behind a NIC that cost is the server's and does not              slow the attacker; the same defence that closes the spoofed misses (a budget              for never-seen sources) is what this row needs there.",
+            "**{}** (met, with the flood slowed): the guard dropped only {:.0}% of this flood, \
+             which reached it at {:.0}% of the rate the unprotected server met. On veth the \
+             receiving veth's XDP program runs on the sending CPU, CPU {PEER_CPU}: the guard's \
+             {} per packet (a never-seen source each packet) against the floor's {} slowed \
+             the attacker's own sender. Behind a NIC that cost is the server's and does not \
+             slow the attacker; the same defence that closes the spoofed misses (a budget \
+             for never-seen sources) is what this row needs there.",
             traffic.name(),
             self.dropped_pct,
             100.0 * self.rate_vs_none,
@@ -456,10 +465,11 @@ fn live_table(outcomes: &[Outcome], info: &RunInfo) -> Table {
          (one program serves both of the server's veths, so the runs include the clients' few \
          thousand packets/s): `run_time_ns / run_cnt` over the window, from `bpftool prog \
          show`. The statistics were on for the whole of section 2, for every mode alike, \
-         through BPF_ENABLE_STATS: kernel.bpf_stats_enabled read {} before, {} during and {} \
-         after. Unlike BPF_PROG_TEST_RUN, this is the program in place, on real packets, with \
+         through BPF_ENABLE_STATS, the form of kernel.bpf_stats_enabled=1 that holds only while \
+         its descriptor is open (the same counters; the sysctl is never written: it read {} \
+         before and {} after). Unlike BPF_PROG_TEST_RUN, this is the program in place, on real packets, with \
          a cold source every packet under the spoofed flood.",
-        info.sysctl_before, info.sysctl_during, info.sysctl_after
+        info.sysctl_before, info.sysctl_after
     ));
     t
 }
