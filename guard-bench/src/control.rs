@@ -151,8 +151,11 @@ fn measure(guard: &Path, section: &mut Section) -> Result<()> {
             &frames,
             &s,
             &n,
-            20_000_000,
-            Duration::from_secs(10),
+            sender::Budget {
+                max_packets: 20_000_000,
+                max_time: Duration::from_secs(10),
+                pace: None,
+            },
         )
     });
     // As the operator guide says: the load balancer's own address is on the allow list, so its

@@ -87,8 +87,17 @@ pub fn spoofed_sources_v6(prefix: [u16; 3]) -> impl Iterator<Item = Ipv6Addr> {
     })
 }
 
+/// How much a flood may send, and how fast.
+#[derive(Clone, Copy)]
+pub struct Budget {
+    pub max_packets: u64,
+    pub max_time: Duration,
+    /// Packets per second at most; `None`: as fast as the thread goes.
+    pub pace: Option<u64>,
+}
+
 /// Sends `frames` round-robin out of `iface` (in the calling thread's network namespace)
-/// until `stop`, `max_packets` or `max_time`, whichever comes first. Returns packets sent.
+/// until `stop` or the budget's packets or time, whichever comes first. Returns packets sent.
 ///
 /// # Errors
 /// When the socket cannot be made or bound (not root, no such interface).
@@ -97,9 +106,13 @@ pub fn flood(
     frames: &Frames,
     stop: &AtomicBool,
     sent: &AtomicU64,
-    max_packets: u64,
-    max_time: Duration,
+    budget: Budget,
 ) -> Result<u64> {
+    let Budget {
+        max_packets,
+        max_time,
+        pace,
+    } = budget;
     if frames.frames.is_empty() {
         bail!("no frames to send");
     }
@@ -131,6 +144,13 @@ pub fn flood(
         if n > 0 {
             total += n as u64;
             sent.fetch_add(n as u64, Ordering::Relaxed);
+            if let Some(rate) = pace.filter(|r| *r > 0) {
+                // Batch by batch on schedule: never ahead of `rate` packets/s.
+                let due = Duration::from_secs_f64(total as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
         } else {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {

@@ -25,7 +25,9 @@ use crate::{
     cpu::pin_current_thread,
     netns::{join, spawn_in},
     packet::{L3, Syn, Udp},
-    sender::{self, Frames, MAX_SPOOFED, SPOOFED_V6_NETS, spoofed_sources, spoofed_sources_v6},
+    sender::{
+        self, Budget, Frames, MAX_SPOOFED, SPOOFED_V6_NETS, spoofed_sources, spoofed_sources_v6,
+    },
 };
 
 /// What arrives at the server besides the legitimate clients.
@@ -147,15 +149,19 @@ pub struct Attack {
 }
 
 impl Attack {
-    /// Starts `traffic` from the attacker's namespace, at most `max_packets` frames (or
-    /// connections) and `max_time`.
+    /// Starts `traffic` from the attacker's namespace within `budget` (for the connection
+    /// flood: connections, never paced).
     pub fn start(
         traffic: Traffic,
         top: &Topology,
         frames: Option<Arc<Frames>>,
-        max_packets: u64,
-        max_time: Duration,
+        budget: Budget,
     ) -> Option<Self> {
+        let Budget {
+            max_packets,
+            max_time,
+            ..
+        } = budget;
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicU64::new(0));
         let threads = match (traffic, frames) {
@@ -175,7 +181,7 @@ impl Attack {
                 let iface = top.attack_iface.clone();
                 vec![spawn_in(&top.attacker, move || {
                     pin_current_thread(PEER_CPU)?;
-                    sender::flood(&iface, &frames, &s, &n, max_packets, max_time)
+                    sender::flood(&iface, &frames, &s, &n, budget)
                 })]
             }
             (_, None) => return None,

@@ -30,7 +30,7 @@ use crate::{
     cpu::{self, CpuShare, CpuTicks},
     netns::xdp_prog_id,
     report::{Section, Table},
-    sender::Frames,
+    sender::{Budget, Frames},
 };
 
 pub struct Options {
@@ -61,6 +61,8 @@ const SETTLE: Duration = Duration::from_millis(500);
 pub struct Outcome {
     pub protection: Protection,
     pub traffic: Traffic,
+    /// The control run: the flood paced to this many packets/s (the rate the guard's run met).
+    pub paced: Option<u64>,
     pub clients: Vec<(Kind, Summary)>,
     /// Flood packets per second put on the link.
     pub sent_pps: Option<f64>,
@@ -76,6 +78,14 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The protection, and for the control run its pace.
+    pub fn label(&self) -> String {
+        match self.paced {
+            None => self.protection.name().to_owned(),
+            Some(_) => format!("{}, flood at the guard's rate", self.protection.name()),
+        }
+    }
+
     pub fn client(&self, kind: Kind) -> Option<&Summary> {
         self.clients
             .iter()
@@ -156,6 +166,7 @@ fn measure(opts: &Options) -> Result<(Vec<Outcome>, RunInfo)> {
     let bounds = Bounds {
         secs: opts.secs,
         max_packets: opts.max_packets,
+        pace: None,
     };
     {
         let shield = Shield::raise(Protection::None, &top, &setup, 0)?;
@@ -187,6 +198,30 @@ fn measure(opts: &Options) -> Result<(Vec<Outcome>, RunInfo)> {
             outcomes.push(o);
             std::thread::sleep(SETTLE);
         }
+        // Where the guard dropped little of a flood that reached it much slower than the
+        // unprotected server, the control: no protection, the flood paced to the guard's rate.
+        // It tells whether the clients were spared by the guard or by the slower flood.
+        if let Some(rate) = report::control_pace(&outcomes, traffic) {
+            crate::signal::check()?;
+            run += 1;
+            let shield = Shield::raise(Protection::None, &top, &setup, run)?;
+            let paced = Bounds {
+                pace: Some(rate),
+                ..bounds
+            };
+            let o = scenario(
+                &top,
+                &shield,
+                Protection::None,
+                traffic,
+                frames_of(traffic),
+                paced,
+            )
+            .with_context(|| format!("the control run under {}", traffic.name()))?;
+            drop(shield);
+            outcomes.push(o);
+            std::thread::sleep(SETTLE);
+        }
     }
     services.stop().context("the server's services")?;
     let info = RunInfo {
@@ -203,11 +238,12 @@ fn measure(opts: &Options) -> Result<(Vec<Outcome>, RunInfo)> {
     Ok((outcomes, info))
 }
 
-/// How long a scenario measures, and how much its flood may send.
+/// How long a scenario measures, and how much (and how fast) its flood may send.
 #[derive(Clone, Copy)]
 struct Bounds {
     secs: u64,
     max_packets: u64,
+    pace: Option<u64>,
 }
 
 /// The counters read at both ends of a window.
@@ -251,9 +287,11 @@ fn scenario(
     opts: Bounds,
 ) -> Result<Outcome> {
     eprintln!(
-        "guard-bench: flood: {} under {}",
+        "guard-bench: flood: {} under {}{}",
         protection.name(),
-        traffic.name()
+        traffic.name(),
+        opts.pace
+            .map_or(String::new(), |r| format!(", paced to {r} packets/s"))
     );
     let prog = xdp_prog_id(&top.server, &top.server_ifaces[1]).ok();
     let epoch = Instant::now();
@@ -261,7 +299,12 @@ fn scenario(
     std::thread::sleep(LEAD);
     // The flood outlasts the clients' last answers (up to a connect and an answer timeout).
     let max_time = WARMUP + Duration::from_secs(opts.secs) + CONNECT_TIMEOUT + 2 * ANSWER_TIMEOUT;
-    let mut attack = Attack::start(traffic, top, frames, opts.max_packets, max_time);
+    let budget = Budget {
+        max_packets: opts.max_packets,
+        max_time,
+        pace: opts.pace,
+    };
+    let mut attack = Attack::start(traffic, top, frames, budget);
     if attack.is_some() {
         std::thread::sleep(WARMUP);
     }
@@ -289,6 +332,7 @@ fn scenario(
     Ok(Outcome {
         protection,
         traffic,
+        paced: opts.pace,
         clients,
         sent_pps: a.sent.zip(b.sent).map(|(x, y)| per_s(x, y)),
         flood_answered_ps: (traffic == Traffic::Connections)

@@ -61,7 +61,11 @@ pub fn intro(info: &RunInfo) -> String {
          with the load balancer's address {LOAD_BALANCER} allow-listed by `guard allow add`; its \
          pins, socket and state private to the scenario). Every scenario raises its \
          protection afresh, so none inherits bans or meters; the three modes run one after \
-         the other for each flood, so that drift on a shared machine touches them alike.",
+         the other for each flood, so that drift on a shared machine touches them alike. Where the \
+         guard dropped less than half of a flood that reached it at under 80% of the rate the \
+         unprotected server met, a **control** run follows: no protection, the flood paced to \
+         the guard run's rate, to tell whether the guard or the slower flood spared the \
+         clients.",
         work = info.work_ns,
         lead = super::LEAD.as_secs_f64(),
         answer = ANSWER_TIMEOUT.as_secs(),
@@ -111,10 +115,26 @@ impl Baseline<'_> {
     }
 }
 
+/// The run of `p` under `t` (not the control run).
 fn find(outcomes: &[Outcome], p: Protection, t: Traffic) -> Option<&Outcome> {
     outcomes
         .iter()
-        .find(|o| o.protection == p && o.traffic == t)
+        .find(|o| o.protection == p && o.traffic == t && o.paced.is_none())
+}
+
+/// The control run under `t`: no protection, the flood paced to the guard run's rate.
+fn find_control(outcomes: &[Outcome], t: Traffic) -> Option<&Outcome> {
+    outcomes
+        .iter()
+        .find(|o| o.traffic == t && o.paced.is_some())
+}
+
+/// The pace of the control run `t` needs, if any: the guard run's flood rate, where the guard
+/// dropped little of a flood that reached it much slower than the unprotected server.
+pub fn control_pace(outcomes: &[Outcome], t: Traffic) -> Option<u64> {
+    GuardFlood::of(outcomes, t)
+        .filter(GuardFlood::slowed)
+        .map(|g| g.guard_pps as u64)
 }
 
 /// µs as milliseconds, to two decimals below 10 ms.
@@ -145,7 +165,7 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
         ],
     );
     for o in outcomes {
-        let mut cells = vec![o.traffic.name().to_owned(), o.protection.name().to_owned()];
+        let mut cells = vec![o.traffic.name().to_owned(), o.label()];
         for kind in Kind::ALL {
             let Some(s) = o.client(kind) else {
                 cells.push("-".into());
@@ -157,9 +177,10 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
                 ms(percentile(&s.latency_us, 0.99))
             );
             let share = base.share(o, kind);
-            let head = match (base.too_weak(outcomes, o.traffic, kind), o.protection) {
-                (Some(p), Protection::None) => format!("{p:.0}%: flood too weak"),
-                (Some(_), _) => "flood too weak".to_owned(),
+            let unprotected = o.protection == Protection::None && o.paced.is_none();
+            let head = match (base.too_weak(outcomes, o.traffic, kind), unprotected) {
+                (Some(p), true) => format!("{p:.0}%: flood too weak"),
+                (Some(_), false) => "flood too weak".to_owned(),
                 (None, _) => share.map_or("-".into(), |p| format!("{p:.0}%")),
             };
             cells.push(format!("{head} {lat}"));
@@ -215,7 +236,7 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
         };
         server.row(vec![
             o.traffic.name().to_owned(),
-            o.protection.name().to_owned(),
+            o.label(),
             sent,
             rate(o.dropped_pps),
             format!("{:.0}", o.link_drop_pps),
@@ -275,7 +296,15 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
                         verdict(Some(false))
                     } else if guard_flood.as_ref().is_some_and(GuardFlood::slowed) {
                         slowed_note = true;
-                        "met, with the flood slowed (see below)".to_owned()
+                        // The control tells whether the guard or the slower flood did it.
+                        match find_control(outcomes, traffic).and_then(|c| base.share(c, kind)) {
+                            Some(c) if c >= TARGET_PCT => format!(
+                                "**not shown**: none at the guard's flood rate kept {c:.0}% \
+                                 (see below)"
+                            ),
+                            Some(c) => format!("met (none at the guard's flood rate: {c:.0}%)"),
+                            None => "met, at a slower flood (no control run)".to_owned(),
+                        }
                     } else {
                         verdict(Some(true))
                     }
@@ -296,7 +325,7 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
             reasons.push(why_missed(outcomes, traffic, &missed, info));
         }
         if let (true, Some(f)) = (slowed_note, &guard_flood) {
-            reasons.push(f.slowed_note(traffic));
+            reasons.push(f.slowed_note(outcomes, &base, traffic));
         }
     }
     for r in reasons {
@@ -308,12 +337,11 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
 
 /// How the flood fared against the guard, next to the unprotected run.
 struct GuardFlood {
+    guard_pps: f64,
     /// The guard run's flood rate over the unprotected run's.
     rate_vs_none: f64,
     /// Share of the guard run's flood the guard dropped, in percent.
     dropped_pct: f64,
-    guard_xdp_ns: Option<f64>,
-    none_xdp_ns: Option<f64>,
 }
 
 impl GuardFlood {
@@ -322,10 +350,9 @@ impl GuardFlood {
         let n = find(outcomes, Protection::None, traffic)?;
         let (gs, ns) = (g.sent_pps?, n.sent_pps?);
         Some(Self {
+            guard_pps: gs,
             rate_vs_none: gs / ns.max(1.0),
             dropped_pct: 100.0 * g.dropped_pps.unwrap_or(0.0) / gs.max(1.0),
-            guard_xdp_ns: g.xdp.map(|(ns, _)| ns),
-            none_xdp_ns: n.xdp.map(|(ns, _)| ns),
         })
     }
 
@@ -338,27 +365,55 @@ impl GuardFlood {
     }
 
     /// The guard dropped little of a flood that reached it at a much lower rate than the
-    /// unprotected server: the clients were spared by the slower flood, not by the guard.
+    /// unprotected server: the slower flood, not the guard, may have spared the clients (the
+    /// control run tells).
     fn slowed(&self) -> bool {
         self.dropped_pct < 50.0 && self.rate_vs_none < 0.8
     }
 
-    fn slowed_note(&self, traffic: Traffic) -> String {
-        let ns = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} ns"));
-        format!(
-            "**{}** (met, with the flood slowed): the guard dropped only {:.0}% of this flood, \
-             which reached it at {:.0}% of the rate the unprotected server met. On veth the \
-             receiving veth's XDP program runs on the sending CPU, CPU {PEER_CPU}: the guard's \
-             {} per packet (a never-seen source each packet) against the floor's {} slowed \
-             the attacker's own sender. Behind a NIC that cost is the server's and does not \
-             slow the attacker; the same defence that closes the spoofed misses (a budget \
-             for never-seen sources) is what this row needs there.",
+    fn slowed_note(&self, outcomes: &[Outcome], base: &Baseline, traffic: Traffic) -> String {
+        let rate_of = |p| find(outcomes, p, traffic).and_then(|o| o.sent_pps);
+        let nft = match (rate_of(Protection::Nftables), rate_of(Protection::None)) {
+            (Some(x), Some(n)) => format!(" (nftables: {:.0}%)", 100.0 * x / n.max(1.0)),
+            _ => String::new(),
+        };
+        let mut s = format!(
+            "**{}** (at a slower flood): the guard dropped only {:.0}% of this flood, which \
+             reached the server at {:.0}% of the rate the unprotected server met{nft}. On veth \
+             the sender's rate depends on what its CPU, CPU {PEER_CPU}, does for each packet \
+             downstream (the receiving veth's XDP program, then the hand-off to CPU \
+             {SERVER_CPU}), and it is highest when CPU {SERVER_CPU}'s backlog is full and refuses \
+             packets at once, as with no protection.",
             traffic.name(),
             self.dropped_pct,
             100.0 * self.rate_vs_none,
-            ns(self.guard_xdp_ns),
-            ns(self.none_xdp_ns),
-        )
+        );
+        let Some(c) = find_control(outcomes, traffic) else {
+            return s + " The control run at the guard's rate is missing.";
+        };
+        let shares: Vec<(Kind, f64)> = Kind::ALL
+            .iter()
+            .filter(|&&k| base.too_weak(outcomes, traffic, k).is_none())
+            .filter_map(|&k| Some((k, base.share(c, k)?)))
+            .collect();
+        let listed: Vec<String> = shares
+            .iter()
+            .map(|(k, p)| format!("{} {p:.0}%", k.name()))
+            .collect();
+        s += &format!(
+            " The control, no protection with the flood paced to the guard's {:.0} packets/s, \
+             kept {}",
+            self.guard_pps,
+            listed.join(", ")
+        );
+        if shares.iter().all(|(_, p)| *p >= TARGET_PCT) {
+            s += ": the slower flood spared the clients, not the guard. Behind a NIC the flood \
+                  would not slow down; what closes the spoofed misses above (a budget for \
+                  never-seen sources) is what this row needs.";
+        } else {
+            s += ": less than with the guard, so the slower pace alone does not explain this row.";
+        }
+        s
     }
 }
 
@@ -398,7 +453,29 @@ fn why_missed(outcomes: &[Outcome], traffic: Traffic, missed: &[Kind], info: &Ru
         if traffic.syn() {
             s += "; for SYNs, answering them with cookies in XDP and passing only verified ACKs";
         }
-        return head + &s + ".";
+        s += ".";
+        if let Some(c) = find_control(outcomes, traffic) {
+            let base = Baseline(outcomes);
+            let kept: Vec<String> = missed
+                .iter()
+                .filter_map(|&k| Some(format!("{} {:.0}%", k.name(), base.share(c, k)?)))
+                .collect();
+            let guard_kept: Vec<String> = missed
+                .iter()
+                .filter_map(|&k| Some(format!("{:.0}%", base.share(g, k)?)))
+                .collect();
+            let xdp = g
+                .xdp
+                .map_or("-".to_owned(), |(ns, _)| format!("{ns:.0} ns"));
+            s += &format!(
+                " With no protection and the flood paced to the guard's rate (the control), the \
+                 clients kept {} (with the guard: {}); the guard's {xdp} per flood packet is \
+                 spent on CPU {PEER_CPU}, which the clients share with the sender.",
+                kept.join(", "),
+                guard_kept.join(", ")
+            );
+        }
+        return head + &s;
     }
     // One source or a few: the per-source limits apply.
     let xdp_share = g.xdp.map(|(ns, _)| 100.0 * ns * sent / 1e9).unwrap_or(0.0);
