@@ -128,8 +128,8 @@ fn nft_ruleset(l: &Limits, devices: &[String]) -> String {
     };
     let mut rules = vec![
         format!("ip saddr @allow_v4 accept"),
-        format!("{key4} @banned_v4 counter drop"),
-        format!("{key6} @banned_v6 counter drop"),
+        format!("{key4} @banned_v4 drop"),
+        format!("{key6} @banned_v6 drop"),
     ];
     for (fam, key, tcp) in [
         ("v4", &key4, "ip protocol tcp"),
@@ -138,7 +138,7 @@ fn nft_ruleset(l: &Limits, devices: &[String]) -> String {
         if l.syn_pps > 0 {
             rules.push(format!(
                 "{tcp} tcp flags & (syn | ack) == syn update @syn_{fam} {{ {key} limit rate over \
-                 {}/second burst {} packets }} {}counter drop",
+                 {}/second burst {} packets }} {}drop",
                 l.syn_pps,
                 l.syn_burst,
                 ban(key, fam)
@@ -149,7 +149,7 @@ fn nft_ruleset(l: &Limits, devices: &[String]) -> String {
         if l.pps > 0 {
             rules.push(format!(
                 "meta protocol {proto} update @pkt_{fam} {{ {key} limit rate over {}/second \
-                 burst {} packets }} {}counter drop",
+                 burst {} packets }} {}drop",
                 l.pps,
                 l.burst,
                 ban(key, fam)
@@ -183,8 +183,26 @@ fn nft_ruleset(l: &Limits, devices: &[String]) -> String {
         out += &format!("        {r}\n");
     }
     out += "    }\n}\n";
+    // What the meters drop, counted in a table of its own, just before and just after them:
+    // nft reads a table's sets whole before it lists anything of it, and with every spoofed
+    // source in the meters that takes seconds (the count table lists in milliseconds). The two
+    // counters cost nftables a little per packet.
+    let devices = devices.join(", ");
+    out += &format!(
+        "table netdev {COUNT_TABLE} {{\n    counter seen {{ }}\n    counter passed {{ }}\n"
+    );
+    for (chain, priority, counter) in [("before", -501, "seen"), ("after", -499, "passed")] {
+        out += &format!(
+            "    chain {chain} {{\n        type filter hook ingress devices = {{ {devices} }} \
+             priority {priority}; policy accept;\n        counter name {counter}\n    }}\n"
+        );
+    }
+    out += "}\n";
     out
 }
+
+/// The table that counts what enters and leaves the meters' chain.
+const COUNT_TABLE: &str = "guard_bench_count";
 
 /// A protection in place on the server; lowered on drop.
 pub enum Shield {
@@ -274,24 +292,20 @@ impl Shield {
                     "list",
                     "table",
                     "netdev",
-                    "guard_bench",
+                    COUNT_TABLE,
                 ])?;
                 let json: serde_json::Value = serde_json::from_str(&text)?;
-                let mut sum = 0;
-                for item in json["nftables"].as_array().into_iter().flatten() {
-                    for expr in item
-                        .pointer("/rule/expr")
-                        .and_then(serde_json::Value::as_array)
+                let counter = |name: &str| {
+                    json["nftables"]
+                        .as_array()
                         .into_iter()
                         .flatten()
-                    {
-                        sum += expr
-                            .pointer("/counter/packets")
-                            .and_then(serde_json::Value::as_u64)
-                            .unwrap_or(0);
-                    }
-                }
-                Ok(Some(sum))
+                        .filter_map(|item| item.get("counter"))
+                        .find(|c| c["name"] == name)
+                        .and_then(|c| c["packets"].as_u64())
+                        .with_context(|| format!("no counter {name} in nft's answer"))
+                };
+                Ok(Some(counter("seen")?.saturating_sub(counter("passed")?)))
             }
             Self::Guard(d) => d.dropped().map(Some),
         }
@@ -301,17 +315,11 @@ impl Shield {
 impl Drop for Shield {
     fn drop(&mut self) {
         if let Self::Nftables { server, .. } = self {
-            let _ = sh(&[
-                "ip",
-                "netns",
-                "exec",
-                server,
-                "nft",
-                "delete",
-                "table",
-                "netdev",
-                "guard_bench",
-            ]);
+            for table in ["guard_bench", COUNT_TABLE] {
+                let _ = sh(&[
+                    "ip", "netns", "exec", server, "nft", "delete", "table", "netdev", table,
+                ]);
+            }
         }
         // The floor detaches as its links drop; the daemon detaches itself (Daemon's Drop).
     }
@@ -356,6 +364,9 @@ mod tests {
         assert!(r.contains("limit rate over 20000/second burst 40000 packets"));
         assert!(r.contains("add @banned_v6 { ip6 saddr & ffff:ffff:ffff:ffff:: }"));
         assert!(r.contains("timeout 60s"));
+        // What the meters drop is counted around them, not by them.
+        assert!(r.contains("priority -501; policy accept;\n        counter name seen"));
+        assert!(r.contains("priority -499; policy accept;\n        counter name passed"));
         let off = nft_ruleset(
             &Limits {
                 syn_pps: 0,

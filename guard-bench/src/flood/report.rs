@@ -22,6 +22,16 @@ use crate::{
 const TOO_WEAK_PCT: f64 = 70.0;
 /// The target: the guard keeps each client at this share of its baseline or more.
 const TARGET_PCT: f64 = 90.0;
+/// Above this share of the window without progress, a flood stalled: it did not test the
+/// protection, and its row measures nothing.
+const STALLED_PCT: f64 = 20.0;
+
+impl Outcome {
+    /// The share of the window the flood made no progress, if it stalled.
+    fn stalled(&self) -> Option<f64> {
+        self.stalled_pct.filter(|p| *p > STALLED_PCT)
+    }
+}
 
 pub fn intro(info: &RunInfo) -> String {
     let l = &info.limits;
@@ -71,10 +81,7 @@ pub fn intro(info: &RunInfo) -> String {
         answer = ANSWER_TIMEOUT.as_secs(),
         connect = CONNECT_TIMEOUT.as_secs(),
         max = info.max_packets,
-        max_s = super::WARMUP.as_secs()
-            + info.opts_secs
-            + CONNECT_TIMEOUT.as_secs()
-            + 2 * ANSWER_TIMEOUT.as_secs(),
+        max_s = super::flood_bound(info.opts_secs).as_secs(),
         secs = info.opts_secs,
         warmup = super::WARMUP.as_secs(),
         pps = l.pps,
@@ -111,6 +118,9 @@ impl Baseline<'_> {
             return None;
         }
         let none = find(outcomes, Protection::None, traffic)?;
+        if none.stalled().is_some() {
+            return None;
+        }
         self.share(none, kind).filter(|p| *p > TOO_WEAK_PCT)
     }
 }
@@ -179,6 +189,7 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
             let share = base.share(o, kind);
             let unprotected = o.protection == Protection::None && o.paced.is_none();
             let head = match (base.too_weak(outcomes, o.traffic, kind), unprotected) {
+                _ if o.stalled().is_some() => "flood stalled".to_owned(),
                 (Some(p), true) => format!("{p:.0}%: flood too weak"),
                 (Some(_), false) => "flood too weak".to_owned(),
                 (None, _) => share.map_or("-".into(), |p| format!("{p:.0}%")),
@@ -222,6 +233,7 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
             "flood",
             "protection",
             "flood sent (pkt/s)",
+            "reached the server (pkt/s)",
             "dropped by protection (pkt/s)",
             "dropped on the link, ring full (pkt/s)",
             "CPU 1 backlog drops (pkt/s)",
@@ -230,14 +242,18 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
         ],
     );
     for o in outcomes {
-        let sent = match o.flood_answered_ps {
+        let mut sent = match o.flood_answered_ps {
             Some(a) => format!("{} ({a:.0} requests/s answered)", rate(o.sent_pps)),
             None => rate(o.sent_pps),
         };
+        if let Some(r) = o.stalled_pct.filter(|r| *r >= 1.0) {
+            sent += &format!(" (no progress in {r:.0}% of the window)");
+        }
         server.row(vec![
             o.traffic.name().to_owned(),
             o.label(),
             sent,
+            format!("{:.0}", o.reached_pps),
             rate(o.dropped_pps),
             format!("{:.0}", o.link_drop_pps),
             format!("{:.0}", o.backlog_drop_pps),
@@ -248,13 +264,20 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
     server.note(
         "Rates are over the window. Flood sent: frames the sender put on the attacker's veth \
          (the connection flood: every packet its sockets sent, handshakes and resets included, \
-         and the requests the server answered it). Dropped by protection: the nftables drop \
-         rules' counters, or the guard's denied + banned + rate-limited + SYN-limited counters \
-         (`guard stats`). Dropped on the link: frames the attacker's veth refused because the \
+         and the requests the server answered it). Dropped by protection: for nftables, the packets that entered \
+         its meters' chain and did not leave it (two counters around it), for the guard its \
+         denied + banned + rate-limited + SYN-limited counters (`guard stats`). Dropped on the link: frames the attacker's veth refused because the \
          server side's ring was full (its tx drops). CPU 1 backlog drops: packets RPS could \
          not queue for CPU 1 because its backlog was full (/proc/net/softnet_stat), the \
          legitimate clients' among them.",
     );
+    server.note(format!(
+        "Reached the server: packets the server's attacker-facing veth received (before XDP), \
+         the flood's and the few of the load on that link. No progress: the share of the \
+         window's 50 ms ticks in which the sender got under 1,000 frames out. A flood that \
+         made no progress in more than {STALLED_PCT:.0}% of the window did not test the \
+         protection: its cells say \"flood stalled\" and it is not judged."
+    ));
     server.note(format!(
         "CPU {SERVER_CPU} busy: its user and softirq time in /proc/stat over the window (system \
          time, mostly the services' socket calls, in brackets). It is all of CPU {SERVER_CPU}'s \
@@ -284,10 +307,18 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
         for kind in Kind::ALL {
             let share = |p| find(outcomes, p, traffic).and_then(|o| base.share(o, kind));
             let cell = |p| share(p).map_or("-".into(), |v| format!("{v:.0}%"));
+            let stalled = |p| find(outcomes, p, traffic).and_then(Outcome::stalled);
             let result = match (
                 base.too_weak(outcomes, traffic, kind),
                 share(Protection::Guard),
             ) {
+                _ if stalled(Protection::Guard).is_some() => format!(
+                    "not judged: the flood stalled (no progress in {:.0}% of the window)",
+                    stalled(Protection::Guard).unwrap_or(0.0)
+                ),
+                _ if stalled(Protection::None).is_some() => {
+                    "not judged: the unprotected run's flood stalled".to_owned()
+                }
                 (Some(p), _) => format!("not judged: flood too weak (none kept {p:.0}%)"),
                 (None, Some(g)) => {
                     let met = g >= TARGET_PCT;
@@ -348,6 +379,9 @@ impl GuardFlood {
     fn of(outcomes: &[Outcome], traffic: Traffic) -> Option<Self> {
         let g = find(outcomes, Protection::Guard, traffic)?;
         let n = find(outcomes, Protection::None, traffic)?;
+        if g.stalled().or(n.stalled()).is_some() {
+            return None;
+        }
         let (gs, ns) = (g.sent_pps?, n.sent_pps?);
         Some(Self {
             guard_pps: gs,
