@@ -69,8 +69,6 @@ pub struct Outcome {
     /// Share of the window in which the sender made no progress, in percent (AF_PACKET
     /// floods only).
     pub stalled_pct: Option<f64>,
-    /// Packets per second that reached the server's attacker-facing veth (flood or not).
-    pub reached_pps: f64,
     /// Requests per second the connection flood got answered.
     pub flood_answered_ps: Option<f64>,
     pub dropped_pps: Option<f64>,
@@ -264,7 +262,6 @@ fn rate_between((ta, x): Timed, (tb, y): Timed) -> f64 {
 struct Snapshot {
     at: Instant,
     sent: Option<Timed>,
-    reached: Timed,
     flood_answered: u64,
     /// Read first and timed apart: `guard stats` and nft can take a good part of a second
     /// under a spoofed flood.
@@ -276,7 +273,26 @@ struct Snapshot {
 }
 
 impl Snapshot {
+    /// Reads every counter from a thread pinned to the peers' CPU, so that the processes it
+    /// runs (ip, nft, bpftool, the guard CLI) inherit that CPU: on the server's CPU a flood's
+    /// softirq work can keep a process from running for seconds, and its reading with it.
     fn take(
+        top: &Topology,
+        shield: &Shield,
+        attack: Option<&Attack>,
+        prog: Option<u32>,
+    ) -> Result<Self> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                crate::cpu::pin_current_thread(topology::PEER_CPU)?;
+                Self::read(top, shield, attack, prog)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the counter reader panicked"))?
+        })
+    }
+
+    fn read(
         top: &Topology,
         shield: &Shield,
         attack: Option<&Attack>,
@@ -287,7 +303,6 @@ impl Snapshot {
         Ok(Self {
             at: Instant::now(),
             sent: attack.map(|a| timed(a.packets(top))).transpose()?,
-            reached: timed(top.attack_rx_packets())?,
             flood_answered: attack.map_or(0, Attack::answered),
             dropped,
             link: timed(top.link_drops())?,
@@ -406,7 +421,6 @@ fn scenario(
         clients,
         sent_pps: a.sent.zip(b.sent).map(|(x, y)| rate_between(x, y)),
         stalled_pct: stall.map(|(idle, all)| 100.0 * idle as f64 / all.max(1) as f64),
-        reached_pps: rate_between(a.reached, b.reached),
         flood_answered_ps: (traffic == Traffic::Connections)
             .then(|| per_s(a.flood_answered, b.flood_answered)),
         dropped_pps: a.dropped.zip(b.dropped).map(|(x, y)| rate_between(x, y)),

@@ -233,7 +233,6 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
             "flood",
             "protection",
             "flood sent (pkt/s)",
-            "reached the server (pkt/s)",
             "dropped by protection (pkt/s)",
             "dropped on the link, ring full (pkt/s)",
             "CPU 1 backlog drops (pkt/s)",
@@ -253,7 +252,6 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
             o.traffic.name().to_owned(),
             o.label(),
             sent,
-            format!("{:.0}", o.reached_pps),
             rate(o.dropped_pps),
             format!("{:.0}", o.link_drop_pps),
             format!("{:.0}", o.backlog_drop_pps),
@@ -272,8 +270,7 @@ pub fn tables(outcomes: &[Outcome], info: &RunInfo) -> (Vec<Table>, Table) {
          legitimate clients' among them.",
     );
     server.note(format!(
-        "Reached the server: packets the server's attacker-facing veth received (before XDP), \
-         the flood's and the few of the load on that link. No progress: the share of the \
+        "No progress: the share of the \
          window's 50 ms ticks in which the sender got under 1,000 frames out. A flood that \
          made no progress in more than {STALLED_PCT:.0}% of the window did not test the \
          protection: its cells say \"flood stalled\" and it is not judged."

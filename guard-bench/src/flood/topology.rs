@@ -158,14 +158,6 @@ impl Topology {
         link_counter(&self.attacker, &self.attack_iface, "tx", "dropped")
     }
 
-    /// Packets the server's attacker-facing veth has received so far (before XDP).
-    ///
-    /// # Errors
-    /// When `ip -s link` cannot be read.
-    pub fn attack_rx_packets(&self) -> Result<u64> {
-        link_counter(&self.server, &self.server_ifaces[1], "rx", "packets")
-    }
-
     /// Packets the attacker's veth has sent so far.
     ///
     /// # Errors
