@@ -2,10 +2,9 @@
 //! imports, `deny add` round trips, and the daemon's memory and CPU idle and under flood.
 
 use std::{
-    fs::{self, File},
+    fs,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64},
@@ -13,10 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::{
-    netns::{Testbed, join, sh_out, spawn_in},
+    daemon::{Daemon, HealthListen},
+    netns::{Testbed, join, mac_of as mac, sh_out, spawn_in},
     report::{Section, Table, verdict},
     sender::{self, Frames, MAX_SPOOFED},
 };
@@ -46,113 +46,6 @@ pub fn run(guard: Option<&Path>) -> Section {
         section.failure = Some(format!("{e:#}"));
     }
     section
-}
-
-/// The daemon in a namespace, killed and its pins and files removed on drop.
-struct Daemon {
-    child: Child,
-    guard: PathBuf,
-    socket: PathBuf,
-    pin_dir: PathBuf,
-    tmp: PathBuf,
-}
-
-impl Daemon {
-    fn start(guard: &Path, ns: &str, ifaces: &[&str], tag: &str) -> Result<Self> {
-        let tmp = std::env::temp_dir().join(format!("guard-bench-{tag}"));
-        fs::create_dir_all(&tmp)?;
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/guard-bench-{tag}"));
-        let socket = tmp.join("guard.sock");
-        let log = File::create(tmp.join("guard.log"))?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
-            .arg(guard)
-            .arg("run")
-            .args(ifaces.iter().flat_map(|i| ["--iface", i]))
-            .args([
-                "--health-listen",
-                HEALTH_LISTEN,
-                "--agent-listen",
-                AGENT_LISTEN,
-            ])
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--pin-dir")
-            .arg(&pin_dir)
-            .arg("--state-dir")
-            .arg(tmp.join("state"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn guard run")?;
-        let mut d = Self {
-            child,
-            guard: guard.to_owned(),
-            socket,
-            pin_dir,
-            tmp,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !d.cli(&["status"])?.status.success() {
-            if let Some(st) = d.child.try_wait()? {
-                bail!("guard run exited ({st}): {}", d.log());
-            }
-            if Instant::now() > deadline {
-                bail!("guard run was not ready after 20 s: {}", d.log());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(d)
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.tmp.join("guard.log")).unwrap_or_default()
-    }
-
-    fn cli(&self, args: &[&str]) -> Result<Output> {
-        Command::new(&self.guard)
-            .args(args)
-            .env("GUARD_SOCKET", &self.socket)
-            .output()
-            .context("run the guard CLI")
-    }
-
-    fn cli_ok(&self, args: &[&str]) -> Result<()> {
-        let out = self.cli(args)?;
-        if !out.status.success() {
-            bail!(
-                "`guard {}` failed: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill with our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Unpinning the links detaches the program.
-        let _ = fs::remove_dir_all(&self.pin_dir);
-        let _ = fs::remove_dir_all(&self.tmp);
-    }
 }
 
 /// Resident memory of `pid` in KiB (VmRSS).
@@ -214,7 +107,11 @@ fn measure(guard: &Path, section: &mut Section) -> Result<()> {
     let (srv_if, att_if) = bed.link(&srv, Some("198.18.3.1/24"), &att, Some("198.18.3.2/24"))?;
     let lb = bed.netns("clb")?;
     let (srv_lb_if, _) = bed.link(&srv, Some("198.18.4.1/24"), &lb, Some("198.18.4.2/24"))?;
-    let daemon = Daemon::start(guard, &srv, &[&srv_if, &srv_lb_if], &bed.tag)?;
+    let health = HealthListen {
+        http: Some(HEALTH_LISTEN),
+        agent: Some(AGENT_LISTEN),
+    };
+    let daemon = Daemon::start(guard, &srv, &[&srv_if, &srv_lb_if], &bed.tag, &health, &[])?;
     let pid = daemon.pid();
     let mut t = Table::new(
         "Daemon footprint and control-plane latency",
@@ -254,8 +151,11 @@ fn measure(guard: &Path, section: &mut Section) -> Result<()> {
             &frames,
             &s,
             &n,
-            20_000_000,
-            Duration::from_secs(10),
+            sender::Budget {
+                max_packets: 20_000_000,
+                max_time: Duration::from_secs(10),
+                pace: None,
+            },
         )
     });
     // As the operator guide says: the load balancer's own address is on the allow list, so its
@@ -425,8 +325,4 @@ impl Probes {
             None => self.failed += 1,
         }
     }
-}
-
-fn mac(ns: &str, iface: &str) -> Result<[u8; 6]> {
-    crate::flood::mac_of(ns, iface)
 }

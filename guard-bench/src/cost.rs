@@ -5,15 +5,10 @@ use std::{
     collections::HashSet,
     fs,
     net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
-use anyhow::{Context, Result, bail};
-use aya::{
-    Ebpf,
-    maps::PerCpuArray,
-    programs::{TestRun, TestRunOptions, Xdp},
-};
+use anyhow::{Context, Result};
 use guard::{
     cidr::Cidr,
     datapath::{Datapath, List},
@@ -22,16 +17,14 @@ use guard::{
 use guard_common::{Ban, Config, ListEntry, reason, source_key_v4};
 
 use crate::{
-    netns::{Testbed, sh_net, sh_out},
+    floor::Floor,
+    netns::{Testbed, sh_net, sh_out, xdp_prog_id},
     packet::Udp,
     report::{Section, Table, ratio, verdict},
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-/// Program and map of the floor object (guard-ebpf/src/floor.rs).
-const FLOOR_PROGRAM: &str = "floor";
-const FLOOR_MAP: &str = "FLOOR_PACKETS";
 /// Deny CIDRs loaded for every guard path but the "empty lists" ones.
 const DENY_CIDRS: usize = 10_000;
 /// Distinct never-seen sources for the cold-path figure.
@@ -306,60 +299,6 @@ fn counted(k: &KernelDatapath, why: usize) -> Result<u64> {
     Ok(k.counters()?.iter().map(|(_, c)| c.packets[why]).sum())
 }
 
-/// The floor program, loaded from its object file.
-struct Floor {
-    ebpf: Ebpf,
-}
-
-impl Floor {
-    fn load(object: &Path) -> Result<Self> {
-        let mut ebpf = Ebpf::load_file(object).with_context(|| {
-            format!(
-                "loading the floor object {} (built by `cargo xtask build` as guard-floor)",
-                object.display()
-            )
-        })?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(FLOOR_PROGRAM)
-            .context("the floor object has no program `floor`")?
-            .try_into()?;
-        prog.load()?;
-        Ok(Self { ebpf })
-    }
-
-    /// Mean ns per run over `repeat` runs; checks it passed and counted every packet.
-    fn run(&mut self, packet: &[u8], repeat: u32) -> Result<f64> {
-        let before = self.packets()?;
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(FLOOR_PROGRAM)
-            .context("no program `floor`")?
-            .try_into()?;
-        let out = prog.test_run(TestRunOptions {
-            data_in: Some(packet),
-            repeat,
-            ..TestRunOptions::default()
-        })?;
-        let counted = self.packets()? - before;
-        if out.return_value != XDP_PASS || counted != u64::from(repeat) {
-            bail!(
-                "the floor returned {} and counted {counted} of {repeat} packets",
-                out.return_value
-            );
-        }
-        Ok(out.duration.as_nanos() as f64)
-    }
-
-    fn packets(&self) -> Result<u64> {
-        let map: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(FLOOR_MAP)
-                .context("the floor object has no map FLOOR_PACKETS")?,
-        )?;
-        Ok(map.get(&0, 0)?.iter().sum())
-    }
-}
-
 /// xdp-filter (xdp-tools) loaded on a veth in a namespace of its own, denying some sources.
 /// Unloaded, its pins removed and the namespace deleted on drop, also on failure.
 struct XdpFilter {
@@ -400,18 +339,10 @@ impl XdpFilter {
         for a in deny {
             sh_net(&me.ns, &["xdp-filter", "ip", &a.to_string(), "-m", "src"])?;
         }
-        me.prog_id = Self::attached_prog(&me.ns, &me.iface)?;
+        me.prog_id = xdp_prog_id(&me.ns, &me.iface)
+            .context("no XDP program after xdp-filter load")?
+            .to_string();
         Ok(me)
-    }
-
-    /// The id of the XDP program on `iface`, from `ip -j link show`.
-    fn attached_prog(ns: &str, iface: &str) -> Result<String> {
-        let text = sh_out(&["ip", "-n", ns, "-j", "link", "show", "dev", iface])?;
-        let json: serde_json::Value = serde_json::from_str(&text)?;
-        json.pointer("/0/xdp/prog/id")
-            .and_then(serde_json::Value::as_u64)
-            .map(|id| id.to_string())
-            .with_context(|| format!("no XDP program on {iface} after xdp-filter load: {text}"))
     }
 
     /// Action and mean ns per run, through `bpftool prog run ... repeat N`.
@@ -465,9 +396,12 @@ struct Figures {
     error: Option<String>,
 }
 
+/// The section's title, which section 2's live figures are filed under.
+pub const TITLE: &str = "1. Cost per packet (BPF_PROG_TEST_RUN)";
+
 pub fn run(opts: &Options) -> Section {
     let mut section = Section::new(
-        "1. Cost per packet (BPF_PROG_TEST_RUN)",
+        TITLE,
         &format!(
             "Each path runs the real guard program on one packet `repeat` = {} times per \
              round through BPF_PROG_TEST_RUN; the figure is the median over {} rounds of the \
@@ -508,6 +442,7 @@ fn measure(opts: &Options, section: &mut Section) -> Result<()> {
     let mut floor_ns = Vec::new();
     let floor_packet = Udp::v4(PASS_V4).build();
     for round in 0..opts.rounds {
+        crate::signal::check()?;
         eprintln!(
             "guard-bench: cost per packet, round {}/{}",
             round + 1,

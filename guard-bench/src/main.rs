@@ -1,14 +1,18 @@
-//! `guard-bench`: measures the guard's cost per packet, its flood survival on veth and its
-//! control plane, next to the floor, xdp-filter and nftables, and writes BENCHMARKS.md.
+//! `guard-bench`: measures the guard's cost per packet, how its clients fare under floods that
+//! hurt, and its control plane, next to the floor, xdp-filter and nftables; writes BENCHMARKS.md.
 //! Run it through `cargo xtask bench` (root; builds the objects and installs the peers).
 
 mod control;
 mod cost;
+mod cpu;
+mod daemon;
 mod flood;
+mod floor;
 mod netns;
 mod packet;
 mod report;
 mod sender;
+mod signal;
 
 use std::{fs, path::PathBuf, process::ExitCode, time::Instant};
 
@@ -33,19 +37,16 @@ struct Args {
     /// Rounds of cost-per-packet runs; the median is reported.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Seconds the legitimate client runs in each flood scenario.
+    /// Seconds of each flood scenario's measurement window.
     #[arg(long, default_value_t = 5)]
     flood_secs: u64,
-    /// Attack packets at most per flood scenario (the flood also stops with the client).
+    /// Attack packets (connection flood: connections) at most per flood scenario.
     #[arg(long, default_value_t = 30_000_000)]
     flood_max_packets: u64,
-    /// Sending threads in the attacker's namespace.
-    #[arg(long, default_value_t = 1)]
-    attack_threads: usize,
     /// The floor object (guard-ebpf's `guard-floor` binary for bpfel-unknown-none).
     #[arg(long, env = "GUARD_FLOOR_OBJECT")]
     floor_object: PathBuf,
-    /// The `guard` binary, for the control-plane section.
+    /// The `guard` binary, for the flood and control-plane sections.
     #[arg(long, env = "GUARD_BIN")]
     guard_bin: Option<PathBuf>,
     /// Sections to run.
@@ -80,6 +81,7 @@ fn run(args: Args) -> Result<bool> {
             "guard-bench needs root (it loads XDP programs and creates network namespaces): run `sudo -E cargo xtask bench`"
         );
     }
+    signal::install();
     let started = Instant::now();
     let machine = Machine::probe();
     println!("{}", machine.markdown());
@@ -91,14 +93,31 @@ fn run(args: Args) -> Result<bool> {
             floor_object: args.floor_object.clone(),
         }));
     }
-    if args.only.contains(&Part::Flood) {
-        sections.push(flood::run(&flood::Options {
+    if args.only.contains(&Part::Flood) && signal::check().is_ok() {
+        let flood = flood::run(&flood::Options {
             secs: args.flood_secs,
             max_packets: args.flood_max_packets,
-            attack_threads: args.attack_threads,
-        }));
+            floor_object: args.floor_object.clone(),
+            guard_bin: args.guard_bin.clone(),
+        });
+        // The live cost per packet belongs with section 1's; without it, with section 2.
+        let mut flood_section = flood.section;
+        if let Some(live) = flood.live {
+            match sections.iter_mut().find(|s| s.title == cost::TITLE) {
+                Some(cost) => cost.tables.push(live),
+                None => flood_section.tables.push(live),
+            }
+        }
+        sections.push(flood_section);
+    } else if let Some(cost) = sections.iter_mut().find(|s| s.title == cost::TITLE)
+        && let Some(t) = cost.tables.first_mut()
+    {
+        t.note(
+            "The live cost per packet under flood is measured in section 2 (run with \
+             `--only cost,flood`).",
+        );
     }
-    if args.only.contains(&Part::Control) {
+    if args.only.contains(&Part::Control) && signal::check().is_ok() {
         sections.push(control::run(args.guard_bin.as_deref()));
     }
     let ok = sections.iter().all(|s| s.failure.is_none());

@@ -152,3 +152,28 @@ pub fn sh_net(ns: &str, args: &[&str]) -> Result<Output> {
     all.extend_from_slice(args);
     sh(&all)
 }
+
+/// The MAC address of `iface` in `ns`.
+pub fn mac_of(ns: &str, iface: &str) -> Result<[u8; 6]> {
+    let text = sh_out(&["ip", "-n", ns, "-j", "link", "show", "dev", iface])?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    let s = json
+        .pointer("/0/address")
+        .and_then(serde_json::Value::as_str)
+        .with_context(|| format!("no MAC address for {iface}"))?;
+    let mut mac = [0u8; 6];
+    for (i, part) in s.split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(part, 16)?;
+    }
+    Ok(mac)
+}
+
+/// The id of the XDP program attached to `iface` in `ns`, from `ip -j link show`.
+pub fn xdp_prog_id(ns: &str, iface: &str) -> Result<u32> {
+    let text = sh_out(&["ip", "-n", ns, "-j", "link", "show", "dev", iface])?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    json.pointer("/0/xdp/prog/id")
+        .and_then(serde_json::Value::as_u64)
+        .map(|id| id as u32)
+        .with_context(|| format!("no XDP program on {iface} in {ns}: {text}"))
+}

@@ -1,10 +1,11 @@
 //! The attacker: prebuilt Ethernet frames sent as fast as one thread can through an
-//! AF_PACKET socket (qdisc bypassed, batches of `sendmmsg`), bounded in packets and seconds.
+//! AF_PACKET socket (qdisc bypassed, batches of `sendmmsg`), bounded in packets and seconds;
+//! and the spoofed source addresses those frames come from.
 
 use std::{
     ffi::CString,
     io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},
@@ -22,6 +23,10 @@ pub struct Frames {
 }
 
 impl Frames {
+    pub fn new(frames: Vec<Vec<u8>>) -> Self {
+        Self { frames }
+    }
+
     /// UDP to port 9 (nothing listens) of `dst`, one frame per source in `sources`.
     pub fn udp(
         src_mac: [u8; 6],
@@ -58,8 +63,41 @@ pub fn spoofed_sources(count: usize) -> impl Iterator<Item = Ipv4Addr> {
 /// Addresses `spoofed_sources` can yield at most.
 pub const MAX_SPOOFED: usize = (1 << 17) - (1 << 10);
 
+/// /64 networks `spoofed_sources_v6` spreads over: every one of its /48.
+pub const SPOOFED_V6_NETS: usize = 1 << 16;
+
+/// One address in each of the 65,536 /64s of the /48 `prefix` (its first three 16-bit
+/// groups), in a scrambled order, each with a different interface identifier.
+pub fn spoofed_sources_v6(prefix: [u16; 3]) -> impl Iterator<Item = Ipv6Addr> {
+    (0..SPOOFED_V6_NETS as u32).map(move |i| {
+        // An odd multiplier is a bijection modulo 2^16: every /64 once.
+        let net = (i.wrapping_mul(0x9e37_79b1) & 0xffff) as u16;
+        let iid = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let [a, b, c] = prefix;
+        Ipv6Addr::new(
+            a,
+            b,
+            c,
+            net,
+            (iid >> 48) as u16,
+            (iid >> 32) as u16,
+            (iid >> 16) as u16,
+            iid as u16,
+        )
+    })
+}
+
+/// How much a flood may send, and how fast.
+#[derive(Clone, Copy)]
+pub struct Budget {
+    pub max_packets: u64,
+    pub max_time: Duration,
+    /// Packets per second at most; `None`: as fast as the thread goes.
+    pub pace: Option<u64>,
+}
+
 /// Sends `frames` round-robin out of `iface` (in the calling thread's network namespace)
-/// until `stop`, `max_packets` or `max_time`, whichever comes first. Returns packets sent.
+/// until `stop` or the budget's packets or time, whichever comes first. Returns packets sent.
 ///
 /// # Errors
 /// When the socket cannot be made or bound (not root, no such interface).
@@ -68,9 +106,13 @@ pub fn flood(
     frames: &Frames,
     stop: &AtomicBool,
     sent: &AtomicU64,
-    max_packets: u64,
-    max_time: Duration,
+    budget: Budget,
 ) -> Result<u64> {
+    let Budget {
+        max_packets,
+        max_time,
+        pace,
+    } = budget;
     if frames.frames.is_empty() {
         bail!("no frames to send");
     }
@@ -102,6 +144,13 @@ pub fn flood(
         if n > 0 {
             total += n as u64;
             sent.fetch_add(n as u64, Ordering::Relaxed);
+            if let Some(rate) = pace.filter(|r| *r > 0) {
+                // Batch by batch on schedule: never ahead of `rate` packets/s.
+                let due = Duration::from_secs_f64(total as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
         } else {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
@@ -170,6 +219,15 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+
+    #[test]
+    fn spoofed_v6_sources_cover_every_64_of_their_48_once() {
+        let all: Vec<Ipv6Addr> = spoofed_sources_v6([0xfd00, 5, 5]).collect();
+        assert_eq!(all.len(), SPOOFED_V6_NETS);
+        let nets: HashSet<u16> = all.iter().map(|a| a.segments()[3]).collect();
+        assert_eq!(nets.len(), SPOOFED_V6_NETS);
+        assert!(all.iter().all(|a| a.segments()[..3] == [0xfd00, 5, 5]));
+    }
 
     #[test]
     fn spoofed_sources_are_distinct_and_inside_the_benchmark_range() {

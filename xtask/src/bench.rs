@@ -12,9 +12,19 @@ use anyhow::{Context, Result, bail};
 use crate::{build, cmd, prereqs, run, run_status};
 
 /// What the benchmarks run besides our own binaries: `ip` and `nsenter` for the namespaces,
-/// xdp-filter (xdp-tools) and `bpftool prog run` for the peer, nft for the nftables peer.
-/// The flood sender is guard-bench's own (AF_PACKET), so no traffic generator is needed.
-const BENCH_DEBS: &[&str] = &["iproute2", "util-linux", "bpftool", "xdp-tools", "nftables"];
+/// `ping` and `sysctl` to check and set up the flood testbed, xdp-filter (xdp-tools) and
+/// `bpftool prog run` for the peer (bpftool also reads the live run-time statistics), nft for
+/// the nftables peer. The flood sender is guard-bench's own (AF_PACKET), so no traffic
+/// generator is needed.
+const BENCH_DEBS: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "iputils-ping",
+    "procps",
+    "bpftool",
+    "xdp-tools",
+    "nftables",
+];
 
 /// Runs the benchmarks; `args` go to guard-bench as they are (see `guard-bench --help`).
 pub fn bench(args: &[String]) -> Result<()> {
