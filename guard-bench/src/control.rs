@@ -226,7 +226,9 @@ fn measure(guard: &Path, section: &mut Section) -> Result<()> {
         verdict(Some(percentile(&rtt, 0.99) < 20.0)),
     ]);
 
-    let deny_pin = daemon.pin_dir.join("v1/maps/GUARD_DENY_V4");
+    let deny_pin = guard::ebpf::versioned_dir(&daemon.pin_dir)
+        .join("maps")
+        .join(guard_common::map_names::DENY_V4);
     for (n, base) in [(100_000u32, 0xf000_0000u32), (1_000_000, 0xf100_0000)] {
         let file = daemon.tmp.join(format!("deny-{n}.txt"));
         let text: String = (0..n)

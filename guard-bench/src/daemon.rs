@@ -65,14 +65,13 @@ fn config_toml(private: &Private, health: &HealthListen, services: &[Service]) -
             toml += &format!("agent_listen = {a:?}\n");
         }
     }
-    // The services under protection. Today's config has no key for them (its parser refuses
-    // unknown keys), so they are written as comments; once `[[services]]` (name, protocol,
-    // port) exists, emit each as such a table here and the daemon will know them.
-    if !services.is_empty() {
-        toml += "\n# Services behind this guard (not yet a config key):\n";
-    }
+    // The services under protection, by name, protocol and port only: their ceilings are
+    // learned, as on the defaults.
     for s in services {
-        toml += &format!("# service {} {}/{}\n", s.name, s.protocol, s.port);
+        toml += &format!(
+            "\n[[services]]\nname = {:?}\nprotocol = {:?}\nport = {}\n",
+            s.name, s.protocol, s.port
+        );
     }
     toml
 }
@@ -243,7 +242,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn config_sets_only_private_paths_and_lists_services_as_comments() {
+    fn config_sets_only_private_paths_and_the_services() {
         let p = Private {
             pin_dir: "/sys/fs/bpf/guard-bench-1".into(),
             socket: "/tmp/guard-bench-1/guard.sock".into(),
@@ -259,10 +258,17 @@ mod tests {
         assert!(toml.contains("socket = \"/tmp/guard-bench-1/guard.sock\""));
         assert!(!toml.contains("[limits]"), "the limits stay the defaults");
         assert!(!toml.contains("[health]"));
-        let active: Vec<&str> = toml
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .collect();
-        assert!(active.iter().all(|l| !l.contains("udp-hash")));
+        assert!(
+            toml.contains("[[services]]\nname = \"udp-hash\"\nprotocol = \"udp\"\nport = 7001\n")
+        );
+        // What guard itself reads from it.
+        let s = guard::config::Settings::parse(
+            &toml,
+            guard::config::ConfigSource::File("/tmp/x.toml".into()),
+        )
+        .expect("the daemon accepts the config");
+        assert_eq!(s.services.len(), 1);
+        assert_eq!(s.services[0].port, 7001);
+        assert_eq!(s.limits, guard::config::Settings::builtin().limits);
     }
 }

@@ -188,6 +188,12 @@ fn measure(opts: &Options) -> Result<(Vec<Outcome>, RunInfo)> {
             run += 1;
             let shield = Shield::raise(protection, &top, &setup, run)
                 .with_context(|| format!("raising {}", protection.name()))?;
+            if protection == Protection::Guard {
+                // As on a host: the clients talk before the attack, long enough to become
+                // known (known_after_secs) and for the services' rates to be learned (the
+                // first seconds are only learned).
+                learn(&top).context("the clients before the attack")?;
+            }
             let o = scenario(
                 &top,
                 &shield,
@@ -341,6 +347,17 @@ fn watch(
         last = now;
     }
     Ok(Some((idle, all)))
+}
+
+/// How long the clients talk to a fresh guard before a flood: known after 10 s of good
+/// standing, and the learned ceilings need 10 s of traffic; a little over both.
+const LEARN: Duration = Duration::from_secs(13);
+
+/// Runs the clients for `LEARN` without a flood, and throws their figures away.
+fn learn(top: &Topology) -> Result<()> {
+    let clients = Clients::start(&top.client, Instant::now());
+    std::thread::sleep(LEARN);
+    clients.finish().map(|_| ())
 }
 
 /// The most a flood runs: the warm-up, the window, the clients' last timeouts, and 10 s of
