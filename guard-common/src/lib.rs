@@ -52,6 +52,9 @@ pub mod map_names {
     /// Per-CPU `u32 (0) -> CpuState`: the front stage's sketch and the malformed budget.
     /// Written per packet, never read by userspace.
     pub const CPU_STATE: &str = "GUARD_CPU";
+    /// Array `u32 -> u64`, memory-mapped (`BPF_F_MMAPABLE`): the seen filter's two halves
+    /// (`seen`). Bits set by the program and by userspace with atomic ORs; rebuilt by userspace.
+    pub const SEEN: &str = "GUARD_SEEN";
 
     /// Per-CPU `u32 (0) -> the program's scratch` (the packet being judged). The only map
     /// that is never pinned (nor in `ALL`): it holds nothing between packets.
@@ -67,7 +70,7 @@ pub mod map_names {
     pub const TC_PROGRAM: &str = "guard_tc";
 
     /// Every map that is pinned, in a fixed order (pinning, compatibility checks).
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         CONFIG,
         CONFIG_SLOT,
         STATS,
@@ -87,6 +90,7 @@ pub mod map_names {
         SERVICE_STATS,
         CPU_STATE,
         COOKIE_PROGS,
+        SEEN,
     ];
 }
 
@@ -111,6 +115,8 @@ pub mod capacity {
     pub const SERVICES: u32 = 64;
     /// One slot per (protocol, port): TCP ports first, then UDP.
     pub const SERVICE_PORTS: u32 = 2 << 16;
+    /// Words of the seen filter, both halves.
+    pub const SEEN: u32 = 2 * super::seen::WORDS;
 }
 
 /// Version of the map layout and value types. Pinned state from another version is not reused
@@ -211,6 +217,12 @@ pub const FLAG_HAS_PBAN_V4: u32 = 1 << 8;
 pub const FLAG_HAS_PBAN_V6: u32 = 1 << 9;
 /// `Config::flags`: services are configured (`SERVICE_PORTS` is worth a lookup).
 pub const FLAG_SERVICES: u32 = 1 << 10;
+/// `Config::flags`: the seen filter (`seen`) is built and covers every tracked, banned and
+/// known source: a source it has never seen skips those three lookups. Without it the program
+/// looks them all up.
+pub const FLAG_SEEN_FILTER: u32 = 1 << 11;
+/// `Config::flags`: the seen filter's second half is the one to read (the first without).
+pub const FLAG_SEEN_HALF: u32 = 1 << 12;
 /// The bits userspace derives from the lists themselves, not from the operator's config.
 pub const LIST_HINT_BITS: u32 = FLAG_LIST_HINTS
     | FLAG_HAS_ALLOW_V4
@@ -221,6 +233,57 @@ pub const LIST_HINT_BITS: u32 = FLAG_LIST_HINTS
     | FLAG_CACHE_V6
     | FLAG_HAS_PBAN_V4
     | FLAG_HAS_PBAN_V6;
+
+/// The seen filter: a blocked Bloom filter over the sources the tracker, `BANS` and `KNOWN`
+/// hold, in two halves of `WORDS` 64-bit words (`GUARD_SEEN`). A source sets `BITS` bits of
+/// one word (one cache line for the lookup); the program reads the half `FLAG_SEEN_HALF`
+/// names and sets bits in both, before it inserts the source into any of the three maps, as
+/// userspace does. Userspace rebuilds the other half from the maps now and then (dropping
+/// sources they no longer hold) and flips. A clear bit means "in none of the three maps":
+/// such a source (every packet of a spoofed flood) skips their lookups. A set bit is only a
+/// maybe: the lookups follow.
+pub mod seen {
+    use super::SourceKey;
+
+    /// Words per half: 2^17 (1 MiB), about 2.5 words per entry when all three maps are full
+    /// (327,680 sources), so a never-seen source finds its 3 bits set about 0.2% of the time.
+    pub const WORDS: u32 = 1 << 17;
+    /// Bits a source sets in its word.
+    pub const BITS: u32 = 3;
+
+    /// The word (within a half) and the bits of `key`.
+    #[inline(always)]
+    pub fn slot(key: &SourceKey) -> (u32, u64) {
+        let a = u64::from_ne_bytes([
+            key.addr[0],
+            key.addr[1],
+            key.addr[2],
+            key.addr[3],
+            key.addr[4],
+            key.addr[5],
+            key.addr[6],
+            key.addr[7],
+        ]);
+        let b = u64::from_ne_bytes([
+            key.addr[8],
+            key.addr[9],
+            key.addr[10],
+            key.addr[11],
+            key.addr[12],
+            key.addr[13],
+            key.addr[14],
+            key.addr[15],
+        ]);
+        // Two rounds of a multiply-xorshift mixer (splitmix64's finaliser).
+        let mut h = a ^ b.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15;
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+        let word = ((h >> 40) as u32) & (WORDS - 1);
+        let bits = (1u64 << (h & 63)) | (1u64 << ((h >> 6) & 63)) | (1u64 << ((h >> 12) & 63));
+        (word, bits)
+    }
+}
 
 /// Should the program look `bit`'s list up under `flags`? Yes unless hints are maintained and
 /// say the list is empty.

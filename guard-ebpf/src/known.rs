@@ -38,6 +38,7 @@ pub fn promote(key: &SourceKey, now: u64, how: u32) -> bool {
         how,
         _pad: 0,
     };
+    crate::seen::mark(key);
     KNOWN.insert(key, known, BPF_NOEXIST as u64).is_ok() || is_known(key)
 }
 

@@ -103,6 +103,9 @@ pub struct Start {
     /// Its ban expiry, as the caller read it from `BANS` (0: none).
     pub banned: u64,
     pub known: bool,
+    /// The seen filter says the source is in none of the tracker, `BANS` and `KNOWN`: their
+    /// lookups are skipped (its ban is 0, it is not known).
+    pub unseen: bool,
 }
 
 /// Starts tracking `key` (admitted by the front stage, or known). `None` only if the tracker
@@ -131,7 +134,8 @@ pub fn track(key: &SourceKey, cfg: &Config, now: u64, start: &Start) -> Option<*
         good_since_ns: now,
         known_seen_ns: now,
     };
-    // NOEXIST: another CPU may have inserted it meanwhile; then use theirs.
+    // NOEXIST: another CPU may have inserted it meanwhile; then use theirs. Its bits first.
+    crate::seen::mark(key);
     let _ = SOURCES.insert(key, fresh, BPF_NOEXIST as u64);
     SOURCES.get_ptr_mut(key)
 }
@@ -252,6 +256,7 @@ fn ban(key: &SourceKey, expires_ns: u64, now: u64, why: usize, ifindex: u32) {
         reason: why as u32,
         _pad: 0,
     };
+    crate::seen::mark(key);
     // NOEXIST: if another CPU banned it first, keep that ban and report only once. An
     // expired ban still in the map (the daemon's sweep runs each second, and not at all while
     // it is down) is replaced. A full BANS keeps the ban only in the tracker entry (lost if

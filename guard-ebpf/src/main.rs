@@ -23,6 +23,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod seen;
+#[cfg(target_arch = "bpf")]
 mod service;
 #[cfg(target_arch = "bpf")]
 mod tc;
@@ -36,6 +38,8 @@ pub mod program {
         Config, FLAG_CACHE_V4, FLAG_CACHE_V6, FLAG_DRY_RUN, SourceKey, SourceState, capacity,
         known_by, reason, source_key_v4, source_key_v6,
     };
+
+    use crate::seen;
 
     use crate::{
         front, known, limit, lists,
@@ -223,7 +227,11 @@ pub mod program {
         } else {
             cfg.flags & FLAG_CACHE_V4 != 0
         };
-        let state = match limit::lookup(key) {
+        // The seen filter first: a source in none of the tracker, BANS and KNOWN (every
+        // packet of a spoofed flood) skips their lookups.
+        let unseen = !seen::maybe(cfg, key);
+        let tracked_now = if unseen { None } else { limit::lookup(key) };
+        let state = match tracked_now {
             Some(s) => {
                 // SAFETY: a pointer from a map lookup is valid for this program run. Other
                 // CPUs may update the same entry: its limits use compare-and-swap, its counts
@@ -254,6 +262,7 @@ pub mod program {
                     list_expires: 0,
                     banned: 0,
                     known: false,
+                    unseen,
                 };
                 let why = front_stage(ctx, pkt, cfg, job, &mut start);
                 if why != TRACK {
@@ -305,7 +314,11 @@ pub mod program {
                 listed
             };
         }
-        let banned = limit::ban_expiry(key, now);
+        let banned = if start.unseen {
+            0
+        } else {
+            limit::ban_expiry(key, now)
+        };
         if banned > now {
             start.banned = banned;
             return if front::admitted(key, cfg, now) {
@@ -314,7 +327,7 @@ pub mod program {
                 reason::BANNED
             };
         }
-        if known::is_known(key) {
+        if !start.unseen && known::is_known(key) {
             start.known = true;
             return TRACK;
         }

@@ -9,6 +9,9 @@ use guard_common::{
     SourceKey, SourceState, capacity,
 };
 
+/// `BPF_F_MMAPABLE`: userspace maps the array into its memory (atomic ORs, no syscalls).
+const MMAPABLE: u32 = 1 << 10;
+
 /// `0 | 1 -> Config`: two slots, so a reload never lets a packet read a half-written config.
 /// Userspace writes the slot not in use, then flips `CONFIG_SLOT`. Never full.
 #[map(name = "GUARD_CONFIG")]
@@ -114,3 +117,9 @@ pub static SCRATCH: PerCpuArray<crate::program::Scratch> = PerCpuArray::with_max
 /// did not load): those packets pass to the kernel.
 #[map(name = "GUARD_COOKIE")]
 pub static COOKIE_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The seen filter (`guard_common::seen`): two halves of 64-bit words. Never full (a Bloom
+/// filter saturates instead: more of its answers are "maybe", each costing the lookups it
+/// would spare; userspace rebuilds a half from the maps it covers).
+#[map(name = "GUARD_SEEN")]
+pub static SEEN: Array<u64> = Array::with_max_entries(capacity::SEEN, MMAPABLE);

@@ -105,6 +105,12 @@ pub trait Datapath {
     fn known_insert(&mut self, key: &SourceKey, known: &Known) -> Result<(), DatapathError>;
     /// Forgets a known source (expiry): also its tracker entry, which caches the status.
     fn known_remove(&mut self, key: &SourceKey) -> Result<bool, DatapathError>;
+    /// Rebuilds whatever summary the data plane keeps of the sources it holds (the kernel's
+    /// seen filter), dropping the ones it no longer holds. Called every
+    /// `control::services::KNOWN_SWEEP_EVERY`.
+    fn refresh_seen(&mut self) -> Result<(), DatapathError> {
+        Ok(())
+    }
 }
 
 /// A service's transport protocol.

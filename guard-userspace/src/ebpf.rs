@@ -20,13 +20,15 @@ use aya::{
 use guard_common::{
     Ban, BanEvent, Config, Counters, CpuState, FLAG_CACHE_V4, FLAG_CACHE_V6, FLAG_HAS_ALLOW_V4,
     FLAG_HAS_ALLOW_V6, FLAG_HAS_DENY_V4, FLAG_HAS_DENY_V6, FLAG_HAS_PBAN_V4, FLAG_HAS_PBAN_V6,
-    FLAG_LIST_HINTS, FLAG_SERVICES, Gcra, Known, LAYOUT_VERSION, LIST_HINT_BITS, ListEntry,
-    PROGRAM_NAME, PrefixState, Service, ServiceStats, SourceKey, SourceState, capacity, map_names,
+    FLAG_LIST_HINTS, FLAG_SEEN_FILTER, FLAG_SEEN_HALF, FLAG_SERVICES, Gcra, Known, LAYOUT_VERSION,
+    LIST_HINT_BITS, ListEntry, PROGRAM_NAME, PrefixState, Service, ServiceStats, SourceKey,
+    SourceState, capacity, map_names,
 };
 
 use crate::{
     cidr::Cidr,
     datapath::{Datapath, DatapathError, List, ServiceProto},
+    seen::SeenFilter,
 };
 
 /// The compiled guard-ebpf object, embedded at build time (see build.rs).
@@ -149,6 +151,9 @@ pub fn ensure_bpffs() -> Result<(), LoadError> {
     Ok(())
 }
 
+/// `BPF_F_MMAPABLE`, the seen filter's map flag.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 /// What each map must look like to be reused: type, key size, value size, capacity.
 fn expected_layout(name: &str) -> Option<(MapType, u32, u32, u32)> {
     use std::mem::size_of;
@@ -206,6 +211,7 @@ fn expected_layout(name: &str) -> Option<(MapType, u32, u32, u32)> {
         ),
         map_names::CPU_STATE => (MapType::PerCpuArray, 4, sz(size_of::<CpuState>()), 1),
         map_names::COOKIE_PROGS => (MapType::ProgramArray, 4, 4, 1),
+        map_names::SEEN => (MapType::Array, 4, 8, capacity::SEEN),
         _ => return None,
     })
 }
@@ -225,7 +231,9 @@ fn pins_compatible(dir: &Path) -> Result<bool, String> {
         let same = info.map_type().ok() == Some(ty)
             && info.key_size() == k
             && info.value_size() == v
-            && info.max_entries() == max;
+            && info.max_entries() == max
+            // The seen filter is memory-mapped: a pin without the flag cannot be.
+            && (name != map_names::SEEN || info.map_flags() & BPF_F_MMAPABLE != 0);
         if !same {
             return Ok(false);
         }
@@ -580,6 +588,9 @@ pub struct KernelDatapath {
     cpus: u32,
     /// Whether the SYN-cookie stages loaded (and why not).
     cookies: Result<(), String>,
+    /// `GUARD_SEEN`, mapped: bits set before every insert into the tracker, `BANS` or
+    /// `KNOWN` from here, and rebuilt by `refresh_seen`.
+    seen: SeenFilter,
 }
 
 type V4Trie = LpmTrie<MapData, [u8; 4], ListEntry>;
@@ -644,6 +655,22 @@ impl KernelDatapath {
             service_ports: take(&mut ebpf, map_names::SERVICE_PORTS)?,
             services: take(&mut ebpf, map_names::SERVICES)?,
             service_stats: take(&mut ebpf, map_names::SERVICE_STATS)?,
+            seen: {
+                let map = ebpf
+                    .take_map(map_names::SEEN)
+                    .ok_or(LoadError::Missing(map_names::SEEN))?;
+                let aya::maps::Map::Array(data) = map else {
+                    return Err(LoadError::Link(format!(
+                        "{} is not an array map",
+                        map_names::SEEN
+                    )));
+                };
+                SeenFilter::new(data).map_err(|source| LoadError::Io {
+                    op: "mmap",
+                    path: map_names::SEEN.into(),
+                    source,
+                })?
+            },
             ebpf,
             base: Config::default(),
             hints: 0,
@@ -667,6 +694,10 @@ impl KernelDatapath {
             })?;
             dp.slot = slot;
             dp.base = user_view(&current);
+            // An adopted filter half stays the one the program reads until the other is
+            // rebuilt below.
+            dp.seen
+                .flipped(current.flags & (FLAG_SEEN_FILTER | FLAG_SEEN_HALF));
             // Continue the adopted generation: the pinned tracker holds verdicts cached under
             // every generation up to it.
             dp.lists_gen = current.lists_gen + 1;
@@ -715,8 +746,14 @@ impl KernelDatapath {
             ];
             dp.write_config()
                 .map_err(|e| LoadError::Link(e.to_string()))?;
+            Datapath::refresh_seen(&mut dp).map_err(|e| LoadError::Link(e.to_string()))?;
             Ok(dp)
         })
+    }
+
+    /// How full the seen filter's half in use is (bits set, of all), and whether it is in use.
+    pub fn seen_fill(&self) -> Option<f64> {
+        (self.seen.flags() != 0).then(|| self.seen.fill())
     }
 
     /// Possible CPUs, among which the per-CPU budgets are shared out.
@@ -807,7 +844,7 @@ impl KernelDatapath {
             )
         };
         let cfg = Config {
-            flags: b.flags | FLAG_LIST_HINTS | self.hints | cache | services,
+            flags: b.flags | FLAG_LIST_HINTS | self.hints | cache | services | self.seen.flags(),
             lists_gen: self.lists_gen,
             pkt_interval_ns: pkt.interval_ns,
             pkt_tolerance_ns: pkt.tolerance_ns,
@@ -1099,7 +1136,7 @@ fn coarse_now() -> u64 {
 /// A config as userspace set it: no hints, no derived fields.
 fn user_view(cfg: &Config) -> Config {
     Config {
-        flags: cfg.flags & !(LIST_HINT_BITS | FLAG_SERVICES),
+        flags: cfg.flags & !(LIST_HINT_BITS | FLAG_SERVICES | FLAG_SEEN_FILTER | FLAG_SEEN_HALF),
         lists_gen: 0,
         pkt_interval_ns: 0,
         pkt_tolerance_ns: 0,
@@ -1238,6 +1275,7 @@ impl Datapath for KernelDatapath {
     }
 
     fn ban_insert(&mut self, key: &SourceKey, ban: &Ban) -> Result<(), DatapathError> {
+        self.seen.mark(key);
         self.bans
             .insert(key, ban, 0)
             .map_err(insert_err(map_names::BANS, capacity::BANS))?;
@@ -1358,10 +1396,36 @@ impl Datapath for KernelDatapath {
     }
 
     fn known_insert(&mut self, key: &SourceKey, known: &Known) -> Result<(), DatapathError> {
+        self.seen.mark(key);
         self.known
             .insert(key, known, 0)
             .map_err(insert_err(map_names::KNOWN, capacity::KNOWN))?;
         self.forget_source(key)
+    }
+
+    /// Rebuilds the seen filter's half not in use from the sources the tracker, `BANS` and
+    /// `KNOWN` hold now, and makes it the one the program reads (see `seen`): sources they
+    /// have dropped since the last rebuild no longer cost a never-seen source its lookups.
+    ///
+    /// # Errors
+    /// When the config cannot be written; the half in use stays so.
+    fn refresh_seen(&mut self) -> Result<(), DatapathError> {
+        let flags = self.seen.rebuild(|| {
+            // The program inserts while we walk; a vanished key is simply skipped.
+            self.sources
+                .keys()
+                .chain(self.bans.keys())
+                .chain(self.known.keys())
+                .filter_map(Result::ok)
+                .collect::<Vec<_>>()
+        });
+        let before = self.seen.flags();
+        self.seen.flipped(flags);
+        if let Err(e) = self.write_config() {
+            self.seen.flipped(before);
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn known_remove(&mut self, key: &SourceKey) -> Result<bool, DatapathError> {

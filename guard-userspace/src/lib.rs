@@ -16,6 +16,7 @@ pub mod escalate;
 pub mod health;
 pub mod http_server;
 pub mod metrics;
+pub mod seen;
 pub mod state;
 pub mod watchdog;
 pub mod xdp_link;

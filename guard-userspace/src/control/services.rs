@@ -183,6 +183,8 @@ impl<D: Datapath> Control<D> {
             }
         }
         self.known_swept = Some((Instant::now(), all.len() - expired));
+        // On the same period: the seen filter forgets the sources the maps no longer hold.
+        self.dp.refresh_seen()?;
         Ok(expired)
     }
 
