@@ -11,7 +11,7 @@ use std::{
 
 use guard::{
     health::{HealthReport, Status},
-    http_server::{Handlers, HttpServer, MAX_CONNECTIONS},
+    serve::http::{Handlers, HttpServer, MAX_CONNECTIONS},
 };
 use support::{WAIT, tcp_accepted, wait_for};
 

@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn aya_version_matches_the_workspace_pin() {
-        let manifest = include_str!("../../../Cargo.toml");
+        let manifest = include_str!("../../../../Cargo.toml");
         assert!(
             manifest.contains(&format!("aya = {{ version = \"={AYA_VERSION}\"")),
             "update AYA_VERSION to the aya version pinned in the workspace Cargo.toml"

@@ -5,11 +5,11 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{ClientArgs, Table, print_json, unexpected};
-use crate::{
-    api::{Reply, Request, TOP_INTERVAL_MS},
+use guard::{
     config::ConfigSource,
     control::StatsReport,
     duration::{self, Human},
+    rpc::{Reply, Request, TOP_INTERVAL_MS},
 };
 
 #[derive(Debug, clap::Args)]
@@ -192,7 +192,7 @@ pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
 }
 
 /// Each service: its rates, ceiling, learned rate and attack state.
-fn services_table(services: &[crate::attack::ServiceReport]) -> Table {
+fn services_table(services: &[guard::attack::ServiceReport]) -> Table {
     let mut t = Table::new(&[
         "SERVICE",
         "PROTO/PORT",
@@ -219,7 +219,7 @@ fn services_table(services: &[crate::attack::ServiceReport]) -> Table {
         let state = match (r.protocol, r.under_attack, r.attack_since) {
             (None, _, _) => "counted".to_string(),
             (_, true, Some(since)) => {
-                format!("UNDER ATTACK since {}", crate::state::format_unix(since))
+                format!("UNDER ATTACK since {}", guard::state::format_unix(since))
             }
             (_, true, None) => "UNDER ATTACK".to_string(),
             _ => "normal".to_string(),
@@ -238,7 +238,7 @@ fn services_table(services: &[crate::attack::ServiceReport]) -> Table {
             r.name.clone(),
             proto,
             rate(r.pps),
-            if r.protocol == Some(crate::datapath::ServiceProto::Tcp) {
+            if r.protocol == Some(guard::dataplane::ServiceProto::Tcp) {
                 rate(r.syn_pps)
             } else {
                 "-".to_string()
@@ -283,7 +283,7 @@ pub fn reload(client: &ClientArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{InterfaceStats, MapFill, ReasonCount};
+    use guard::control::{InterfaceStats, MapFill, ReasonCount};
 
     #[test]
     fn stats_table_shows_non_zero_verdicts_and_map_fill() {

@@ -5,12 +5,12 @@ use std::{fs, path::PathBuf};
 use anyhow::Context;
 
 use super::{ClientArgs, Table, print_json, relative, unexpected};
-use crate::{
-    api::{Reply, Request},
+use guard::{
     cidr::Cidr,
     control::{check_reason, parse_netset},
-    datapath::List,
+    dataplane::List,
     duration::{Human, Ttl},
+    rpc::{Reply, Request},
     state::{format_unix, unix_now},
 };
 

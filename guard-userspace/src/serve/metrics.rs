@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use guard_common::{Counters, capacity::STATS_SLOTS, reason};
 
 use crate::{
-    ebpf::Attachment,
+    dataplane::Attachment,
     health::{HealthReport, MapFill, StatusKind},
 };
 
@@ -18,7 +18,7 @@ pub struct InterfaceCounters {
     pub counters: Counters,
 }
 
-/// Names the per-slot counters of [`crate::datapath::Datapath::counters`] by interface: slot
+/// Names the per-slot counters of [`crate::dataplane::Datapath::counters`] by interface: slot
 /// `ifindex % STATS_SLOTS`. Two attached interfaces sharing a slot share its counters, and
 /// are labelled together (`eth0+eth1`) rather than double counted. Sorted by label.
 pub fn interface_counters(
@@ -62,7 +62,7 @@ pub struct Snapshot<'a> {
     /// `None` before the first evaluation: health families are left out.
     pub health: Option<&'a HealthReport>,
     /// Each service (and "other").
-    pub services: &'a [crate::attack::ServiceReport],
+    pub services: &'a [crate::control::attack::ServiceReport],
     pub known_sources: u64,
     pub prefix_bans: u64,
 }
@@ -180,7 +180,8 @@ pub fn render(s: &Snapshot<'_>) -> String {
         (
             "guard_service_packets_per_second",
             "Packets per second to a service (\"other\": to no configured service).",
-            (|r: &crate::attack::ServiceReport| r.pps) as fn(&crate::attack::ServiceReport) -> f64,
+            (|r: &crate::control::attack::ServiceReport| r.pps)
+                as fn(&crate::control::attack::ServiceReport) -> f64,
         ),
         (
             "guard_service_syns_per_second",

@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::ebpf::versioned_dir;
+use crate::dataplane::versioned_dir;
 
 /// `BPF_OBJ_GET` and `BPF_OBJ_GET_INFO_BY_FD` from `<linux/bpf.h>`.
 const BPF_OBJ_GET: libc::c_long = 7;
@@ -44,7 +44,7 @@ impl LinkState {
 
 /// The pin of `iface`'s link under `pin_dir` (`<pin_dir>/v<N>/links/<iface>@<mode>`).
 pub fn link_pin(pin_dir: &Path, iface: &str) -> Option<PathBuf> {
-    crate::ebpf::link_pins(&versioned_dir(pin_dir).join("links"))
+    crate::dataplane::link_pins(&versioned_dir(pin_dir).join("links"))
         .into_iter()
         .find_map(|(i, _, path)| (i == iface).then_some(path))
 }

@@ -2,15 +2,17 @@
 //! its configuration, as the operator drives them.
 use std::path::PathBuf;
 
+use guard::dataplane::AttachMode;
+
 use anyhow::Context;
 
 use super::ClientArgs;
-use crate::{
-    api::{ApiError, Reply, Request},
+use guard::{
     config::{self, ConfigSource, DEFAULT_TOML, Overrides, Settings, mode_name},
     daemon::{self, RunOptions},
     duration::Human,
     ebpf,
+    rpc::{ApiError, Reply, Request},
 };
 
 #[derive(Debug, clap::Args)]
@@ -19,7 +21,88 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
     #[command(flatten)]
-    overrides: Overrides,
+    overrides: RunFlags,
+}
+
+/// `guard run` flags that override the config file (the library's [`Overrides`], with clap). Unset flags leave the file's value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args)]
+pub struct RunFlags {
+    /// Attach to this interface (repeat for several); replaces [datapath] interfaces.
+    #[arg(long = "iface", value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// How to attach: auto (native, else generic), native or generic.
+    #[arg(long, value_name = "MODE", value_parser = config::parse_mode)]
+    pub mode: Option<AttachMode>,
+    /// Decide and count, but pass every packet.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Packets per second per source (0 = unlimited).
+    #[arg(long, value_name = "N")]
+    pub pps: Option<u64>,
+    /// Packets a source may send at once above --pps.
+    #[arg(long, value_name = "N")]
+    pub burst: Option<u64>,
+    /// TCP SYNs per second per source (0 = unlimited).
+    #[arg(long, value_name = "N")]
+    pub syn_pps: Option<u64>,
+    /// SYNs a source may send at once above --syn-pps.
+    #[arg(long, value_name = "N")]
+    pub syn_burst: Option<u64>,
+    /// Seconds a source over a limit stays banned (0 = no bans).
+    #[arg(long, value_name = "N")]
+    pub ban_seconds: Option<u64>,
+    /// Control socket path.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// bpffs directory for the pins (the layout version, v2/, is appended).
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Directory of the state file.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Where the health HTTP server listens (/livez, /readyz, /readyz/haproxy, /metrics);
+    /// "" turns it off. Replaces [health] listen.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub health_listen: Option<String>,
+    /// Where the HAProxy agent-check server listens; "" turns it off. Replaces
+    /// [health] agent_listen.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub agent_listen: Option<String>,
+}
+
+impl From<RunFlags> for Overrides {
+    fn from(f: RunFlags) -> Self {
+        let RunFlags {
+            interfaces,
+            mode,
+            dry_run,
+            pps,
+            burst,
+            syn_pps,
+            syn_burst,
+            ban_seconds,
+            socket,
+            pin_dir,
+            state_dir,
+            health_listen,
+            agent_listen,
+        } = f;
+        Self {
+            interfaces,
+            mode,
+            dry_run,
+            pps,
+            burst,
+            syn_pps,
+            syn_burst,
+            ban_seconds,
+            socket,
+            pin_dir,
+            state_dir,
+            health_listen,
+            agent_listen,
+        }
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -46,7 +129,11 @@ pub struct DetachArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs { config, overrides } = args;
     daemon::init_logging();
-    daemon::run(RunOptions { config, overrides }).context("cannot start the guard daemon")
+    daemon::run(RunOptions {
+        config,
+        overrides: overrides.into(),
+    })
+    .context("cannot start the guard daemon")
 }
 
 pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {

@@ -1,5 +1,19 @@
 //! Kernel access behind a small trait, so the control plane (lists, TTLs, bans, health) can be
-//! tested without a kernel. `crate::ebpf::KernelDatapath` is the real one.
+//! tested without a kernel. `crate::dataplane::KernelDatapath` is the real one.
+mod kernel;
+pub mod link;
+mod loader;
+
+mod pins;
+mod testrun;
+mod types;
+
+pub use kernel::KernelDatapath;
+pub use loader::{BPFFS, detach, ensure_bpffs, load, start};
+pub use pins::{link_pin_name, link_pins, parse_link_pin_name, versioned_dir};
+pub use testrun::CpuRun;
+pub use types::{AttachMode, Attachment, LoadError, Loaded, StartOptions};
+
 use guard_common::{
     Ban, Config, Counters, Known, ListEntry, Service, ServiceStats, SourceKey, SourceState,
 };

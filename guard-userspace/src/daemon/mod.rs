@@ -26,21 +26,20 @@ use std::{
 use guard_common::BanEvent;
 
 use crate::{
-    agent::{AgentError, AgentServer},
-    api::{self, ApiError, Handler, Reply, Request, error_chain},
     config::{self, ConfigError, HealthSection, Origin, Overrides, Settings, mode_name},
-    control::{Control, ControlError, NewBan, ReloadReport, testing::FakeDatapath},
-    datapath::Datapath,
+    control::{Control, ControlError, NewBan, ReloadReport},
+    dataplane::Datapath,
+    dataplane::{self, KernelDatapath, LoadError, StartOptions},
     duration::Human,
-    ebpf::{self, KernelDatapath, LoadError, StartOptions},
     health::{
         CheckRunner, DropRate, Evaluator, HealthReport, Inputs, InterfaceInput, MapFill,
         ProcSource, StatusKind, SystemSample, dropped_packets,
     },
-    http_server::{Handlers, HttpServer, HttpServerError},
-    metrics::{self, Snapshot},
+    rpc::{self, ApiError, Handler, Reply, Request, error_chain},
+    serve::agent::{AgentError, AgentServer},
+    serve::http::{Handlers, HttpServer, HttpServerError},
+    serve::metrics::{self, Snapshot},
     state::{self, Loaded, StateError, Store},
-    xdp_link,
 };
 
 /// The data plane's stream of new bans (the ring buffer), drained once a tick.
@@ -55,13 +54,7 @@ impl BanEvents for KernelDatapath {
     }
 }
 
-impl BanEvents for FakeDatapath {
-    fn take_events(&mut self) -> Vec<BanEvent> {
-        std::mem::take(&mut self.events)
-    }
-}
-
-/// Detaches everything under a pin directory (`ebpf::detach`, or a test's stand-in).
+/// Detaches everything under a pin directory (`dataplane::detach`, or a test's stand-in).
 type DetachFn = fn(&Path) -> Result<Vec<String>, LoadError>;
 
 /// How often expiry runs, ban events are drained and health is evaluated.
@@ -184,7 +177,7 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     // Bound before touching the maps: a second `guard run` stops here instead of rewriting
     // the running daemon's config and lists. Clients wait in the backlog until we serve.
     let socket = settings.control.socket.clone();
-    let listener = api::bind(&socket)?;
+    let listener = rpc::bind(&socket)?;
     let _socket_file = SocketFile(socket.clone());
 
     // The health listeners too, before anything is attached: an address in use stops the
@@ -211,10 +204,10 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
         }
     }
 
-    let ebpf::Loaded {
+    let dataplane::Loaded {
         datapath,
         attachments,
-    } = ebpf::start(&StartOptions {
+    } = dataplane::start(&StartOptions {
         interfaces,
         mode: settings.datapath.mode,
         pin_dir: settings.datapath.pin_dir.clone(),
@@ -294,10 +287,16 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     );
 
     let health = Health::new(health_config, listeners).map_err(DaemonError::Checks)?;
-    let daemon = Arc::new(Daemon::new(control, opts, ebpf::detach, health, published));
+    let daemon = Arc::new(Daemon::new(
+        control,
+        opts,
+        dataplane::detach,
+        health,
+        published,
+    ));
     // The first evaluation now, so that /metrics shows the data plane from the start.
     daemon.tick();
-    api::serve(listener, Arc::clone(&daemon) as Arc<dyn Handler>);
+    rpc::serve(listener, Arc::clone(&daemon) as Arc<dyn Handler>);
     log::info!("serving {}", socket.display());
     match sd_notify("READY=1") {
         Ok(true) => log::debug!("told systemd we are ready"),
@@ -524,13 +523,13 @@ struct HealthInputs {
     loop_sound: bool,
     now_unix: u64,
     counters: Result<Vec<(u32, guard_common::Counters)>, String>,
-    attachments: Vec<ebpf::Attachment>,
+    attachments: Vec<dataplane::Attachment>,
     pin_dir: PathBuf,
     maps: Vec<MapFill>,
     bans_active: usize,
     operator: Option<crate::health::Override>,
     seq: u64,
-    services: Vec<crate::attack::ServiceReport>,
+    services: Vec<crate::control::attack::ServiceReport>,
     known_sources: usize,
     prefix_bans: usize,
 }
@@ -547,7 +546,7 @@ struct Daemon<D: Datapath> {
     /// The source tracker's entry count and when it was taken (read under the control lock).
     sources: Mutex<Option<(usize, Instant)>>,
     /// Whether the program is attached to an interface (the kernel's answer, or a test's).
-    link_check: fn(&Path, &str) -> xdp_link::LinkState,
+    link_check: fn(&Path, &str) -> crate::dataplane::link::LinkState,
     /// When the learned rates were last saved.
     learned_saved: Mutex<Instant>,
 }
@@ -568,7 +567,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             health: Mutex::new(health),
             published,
             sources: Mutex::new(None),
-            link_check: xdp_link::check,
+            link_check: crate::dataplane::link::check,
             learned_saved: Mutex::new(Instant::now()),
         }
     }
@@ -604,7 +603,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
         match control.attack_tick() {
             Ok(changes) => {
                 for t in &changes {
-                    log::warn!("{}", crate::attack::describe(t));
+                    log::warn!("{}", crate::control::attack::describe(t));
                 }
             }
             Err(e) => log::error!("reading the services' rates: {}", error_chain(&e)),
@@ -895,7 +894,7 @@ impl<D: Datapath + BanEvents + Send + 'static> Handler for Daemon<D> {
                     report: Box::new(report),
                 })
             }
-            other => api::dispatch(&self.control, other),
+            other => rpc::dispatch(&self.control, other),
         }
     }
 }
@@ -1068,8 +1067,11 @@ mod tests {
     use super::*;
     use crate::{
         cidr::Cidr,
-        control::{BanInfo, testing::FakeClock},
-        datapath::List,
+        control::{
+            BanInfo,
+            testing::{FakeClock, FakeDatapath},
+        },
+        dataplane::List,
         health::{OverrideMode, Status},
     };
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     cidr::Cidr,
     config::{AttackSettings, ServiceSettings},
-    datapath::ServiceProto,
+    dataplane::ServiceProto,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;

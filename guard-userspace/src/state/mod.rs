@@ -61,10 +61,10 @@ pub struct PrefixBanRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LearnedRecord {
-    pub protocol: crate::datapath::ServiceProto,
+    pub protocol: crate::dataplane::ServiceProto,
     pub port: u16,
-    pub pps: crate::attack::Learned,
-    pub syn_pps: crate::attack::Learned,
+    pub pps: crate::control::attack::Learned,
+    pub syn_pps: crate::control::attack::Learned,
 }
 
 /// One allow or deny entry.
@@ -331,13 +331,13 @@ mod tests {
                 sources: 8,
             }],
             learned: vec![LearnedRecord {
-                protocol: crate::datapath::ServiceProto::Udp,
+                protocol: crate::dataplane::ServiceProto::Udp,
                 port: 53,
-                pps: crate::attack::Learned {
+                pps: crate::control::attack::Learned {
                     raw: 5_000.0,
                     samples: 60,
                 },
-                syn_pps: crate::attack::Learned::default(),
+                syn_pps: crate::control::attack::Learned::default(),
             }],
         }
     }

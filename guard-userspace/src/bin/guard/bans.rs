@@ -1,10 +1,10 @@
 //! `guard bans` and `guard unban`: the sources the data plane banned for going over a limit,
 //! and lifting those bans by address or CIDR.
 use super::{ClientArgs, Table, print_json, relative, unexpected};
-use crate::{
-    api::{Reply, Request},
+use guard::{
     cidr::Cidr,
     control::BanInfo,
+    rpc::{Reply, Request},
     state::{format_unix, unix_now},
 };
 

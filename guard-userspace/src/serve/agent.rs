@@ -30,7 +30,7 @@ use std::{
 
 use crate::{
     health::{HealthReport, Status},
-    http_server::{Handler, ReportFn, Server, finish},
+    serve::http::{Handler, ReportFn, Server, finish},
 };
 
 /// Connections handled at once; more are answered inline without waiting, then closed.

@@ -28,7 +28,7 @@ use crate::{
         AddOutcome, BanInfo, Control, ImportOutcome, ReloadReport, StatsReport, StatusReport,
         TopSource, top_sources,
     },
-    datapath::{Datapath, List},
+    dataplane::{Datapath, List},
     health::{HealthReport, Override, OverrideMode},
     state::ListRecord,
 };

@@ -5,14 +5,14 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context;
 
 use super::{ClientArgs, DEFAULT_SOCKET, Table, print_json, relative, unexpected};
-use crate::{
-    api::{self, Reply, Request},
+use guard::{
     control::check_reason,
     duration::{Human, Ttl},
     health::{
         CheckFormat, HealthReport, Observation, Observed, OverrideMode, check_output, exit_code,
         unreachable_exit_code,
     },
+    rpc::{self, Reply, Request},
     state,
 };
 
@@ -41,10 +41,31 @@ enum HealthCmd {
 struct CheckArgs {
     /// Which tool's exit codes and output.
     #[arg(long, value_enum)]
-    format: CheckFormat,
+    format: FormatArg,
     /// The daemon's control socket.
     #[arg(long, value_name = "PATH", env = "GUARD_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
+}
+
+/// [`CheckFormat`] as a clap value (the library has no clap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum FormatArg {
+    /// keepalived `vrrp_script`: 0 keeps the priority, anything else is a failure.
+    Keepalived,
+    /// Consul script checks: 0 passing, 1 warning, any other code critical.
+    Consul,
+    /// Nagios/Icinga plugins: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    Nagios,
+}
+
+impl From<FormatArg> for CheckFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Keepalived => Self::Keepalived,
+            FormatArg::Consul => Self::Consul,
+            FormatArg::Nagios => Self::Nagios,
+        }
+    }
 }
 
 /// `guard drain` and `guard maint`.
@@ -155,13 +176,14 @@ fn format_rate(pps: f64) -> String {
 /// "unknown" or "critical", with the reason on the line.
 fn run_check(args: &CheckArgs) -> ExitCode {
     let CheckArgs { format, socket } = args;
-    match api::call_timeout(socket, &Request::Health, CHECK_TIMEOUT) {
+    let format = &CheckFormat::from(*format);
+    match rpc::call_timeout(socket, &Request::Health, CHECK_TIMEOUT) {
         Ok(Reply::Health(report)) => {
             println!("{}", check_output(*format, &report));
             ExitCode::from(exit_code(*format, report.status))
         }
         Ok(other) => unreachable_line(*format, &unexpected(&other).to_string()),
-        Err(e) => unreachable_line(*format, &api::error_chain(&e)),
+        Err(e) => unreachable_line(*format, &rpc::error_chain(&e)),
     }
 }
 
@@ -240,7 +262,7 @@ fn send(client: &ClientArgs, request: Request) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::{CheckStatus, Override, Status};
+    use guard::health::{CheckStatus, Override, Status};
 
     #[test]
     fn human_view_shows_state_override_and_every_input() {

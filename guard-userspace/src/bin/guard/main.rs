@@ -1,5 +1,6 @@
-//! The `guard` command line: `guard run` (the daemon) and the client subcommands that talk to
-//! it over the control socket, one module per subcommand group. Errors end as one line.
+//! The `guard` command: `guard run` (the daemon) and the client subcommands that talk to it
+//! over the control socket, one module per subcommand group; the clap definitions live here,
+//! the library has none. Errors end as one line.
 mod bans;
 mod health;
 mod lists;
@@ -11,7 +12,7 @@ use std::{fmt, path::PathBuf, process::ExitCode};
 
 use clap::{FromArgMatches, Parser, Subcommand};
 
-use crate::api::{self, Reply, Request};
+use guard::rpc::{self, Reply, Request};
 
 /// The control socket clients use unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/guard/guard.sock";
@@ -77,13 +78,13 @@ pub struct ClientArgs {
 impl ClientArgs {
     /// Sends `request` to the daemon.
     fn call(&self, request: &Request) -> anyhow::Result<Reply> {
-        Ok(api::call(&self.socket, request)?)
+        Ok(rpc::call(&self.socket, request)?)
     }
 }
 
 /// Parses the command line, runs the subcommand, and turns any error into one line on stderr
 /// (`guard: <error: cause: cause>`) and a non-zero exit code.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = match version::command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m))
@@ -140,8 +141,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => run::run(args),
         Command::Config(cmd) => run::config(cmd),
-        Command::Deny(cmd) => lists::run(crate::datapath::List::Deny, cmd),
-        Command::Allow(cmd) => lists::run(crate::datapath::List::Allow, cmd),
+        Command::Deny(cmd) => lists::run(guard::dataplane::List::Deny, cmd),
+        Command::Allow(cmd) => lists::run(guard::dataplane::List::Allow, cmd),
         Command::Bans(client) => bans::bans(&client),
         Command::Unban(args) => bans::unban(&args),
         Command::Stats(client) => stats::stats(&client),
@@ -150,8 +151,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Reload(client) => stats::reload(&client),
         Command::Detach(args) => run::detach(&args),
         Command::Health(args) => health::run(&args).map(|_| ()),
-        Command::Drain(args) => health::set(crate::health::OverrideMode::Drain, &args),
-        Command::Maint(args) => health::set(crate::health::OverrideMode::Maint, &args),
+        Command::Drain(args) => health::set(guard::health::OverrideMode::Drain, &args),
+        Command::Maint(args) => health::set(guard::health::OverrideMode::Maint, &args),
         Command::Ready(client) => health::ready(&client),
         Command::Completions(args) => version::completions(&args),
     }
@@ -219,7 +220,7 @@ impl fmt::Display for Table {
 
 /// A wall-clock time relative to now: `in 9m59s`, `12s ago`, `now`.
 fn relative(unix: u64, now: u64) -> String {
-    use crate::duration::Human;
+    use guard::duration::Human;
     use std::time::Duration;
     match unix.cmp(&now) {
         std::cmp::Ordering::Greater => format!("in {}", Human(Duration::from_secs(unix - now))),
@@ -308,13 +309,13 @@ mod tests {
     fn client_subcommands_work_against_a_daemon_over_the_socket() {
         use std::sync::{Arc, Mutex};
 
-        use crate::{
-            api::{Handler, dispatch as serve_request},
+        use guard::{
             config::Settings,
             control::{
                 Control,
                 testing::{FakeClock, FakeDatapath},
             },
+            rpc::{Handler, dispatch as serve_request},
         };
 
         struct Fake(Mutex<Control<FakeDatapath>>);
@@ -333,8 +334,8 @@ mod tests {
         let control = Control::new(FakeDatapath::new(clock.clone()), settings, vec![])
             .with_wall_clock(clock.wall());
         let socket = dir.join("guard.sock");
-        crate::api::serve(
-            crate::api::bind(&socket).unwrap(),
+        guard::rpc::serve(
+            guard::rpc::bind(&socket).unwrap(),
             Arc::new(Fake(Mutex::new(control))),
         );
 
@@ -365,8 +366,8 @@ mod tests {
         let e = guard("guard reload", &socket).unwrap_err();
         assert!(format!("{e:#}").contains("not the guard daemon"), "{e:#}");
 
-        let saved = crate::state::Store::new(dir.join("state")).load().unwrap();
-        let crate::state::Loaded::Found(saved) = saved else {
+        let saved = guard::state::Store::new(dir.join("state")).load().unwrap();
+        let guard::state::Loaded::Found(saved) = saved else {
             panic!("no state file")
         };
         assert_eq!(saved.deny.len(), 1);
