@@ -40,7 +40,7 @@ impl<D: Datapath> Control<D> {
             None => self.dp.list_remove(list, &cidr).map(|_| ()),
         };
         if let Err(e) = result {
-            log::error!(
+            tracing::error!(
                 "undoing the change to {cidr} in the {} list failed: the map and the state file disagree until the next restart: {e}",
                 list.name()
             );

@@ -271,7 +271,7 @@ impl<D: Datapath> Control<D> {
                 .keys()
                 .find(|a| a.contains(prefix.addr()) || prefix.contains(a.addr()))
             {
-                log::warn!(
+                tracing::warn!(
                     "not escalating to a ban of {prefix}: it overlaps the allow-listed {allowed}"
                 );
                 continue;
@@ -283,7 +283,7 @@ impl<D: Datapath> Control<D> {
             {
                 Ok(()) => {}
                 Err(e) => {
-                    log::error!(
+                    tracing::error!(
                         "cannot ban the prefix {prefix}: {}",
                         crate::rpc::error_chain(&e)
                     );

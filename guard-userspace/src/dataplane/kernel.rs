@@ -54,7 +54,10 @@ pub struct KernelDatapath {
     pbans_v6: LpmTrie<MapData, [u8; 16], ListEntry>,
     sources: HashMap<MapData, SourceKey, SourceState>,
     bans: HashMap<MapData, SourceKey, Ban>,
-    events: RingBuf<MapData>,
+    /// The ban-event ring, until [`KernelDatapath::take_event_ring`] hands it to its reader.
+    events: Option<RingBuf<MapData>>,
+    /// The program's log reader, if the object has aya-log's map (see [`super::events`]).
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     known: HashMap<MapData, SourceKey, Known>,
     service_ports: Array<MapData, u32>,
     services: Array<MapData, Service>,
@@ -134,7 +137,8 @@ impl KernelDatapath {
             pbans_v6: take(&mut ebpf, map_names::PREFIX_BANS_V6)?,
             sources: take(&mut ebpf, map_names::SOURCES)?,
             bans: take(&mut ebpf, map_names::BANS)?,
-            events: take(&mut ebpf, map_names::EVENTS)?,
+            events: Some(take(&mut ebpf, map_names::EVENTS)?),
+            logger: super::events::logger(&mut ebpf),
             known: take(&mut ebpf, map_names::KNOWN)?,
             service_ports: take(&mut ebpf, map_names::SERVICE_PORTS)?,
             services: take(&mut ebpf, map_names::SERVICES)?,
@@ -460,14 +464,24 @@ impl KernelDatapath {
     /// New bans reported by the program since the last call (non-blocking).
     pub fn take_events(&mut self) -> Vec<BanEvent> {
         let mut out = Vec::new();
-        while let Some(item) = self.events.next() {
-            if item.len() >= std::mem::size_of::<BanEvent>() {
-                // SAFETY: the program writes a whole BanEvent; read_unaligned copes with the
-                // ring's 8-byte alignment and BanEvent is Pod.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<BanEvent>()) });
+        if let Some(ring) = &mut self.events {
+            while let Some(item) = ring.next() {
+                out.extend(super::events::parse(&item));
             }
         }
         out
+    }
+
+    /// Hands the ban-event ring to its reader task (see [`super::events::read_bans`]); from
+    /// then on [`KernelDatapath::take_events`] finds nothing.
+    pub fn take_event_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Hands the program's log reader to its task (see [`super::events::read_logs`]); `None`
+    /// if the object has no aya-log map.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
     }
 }
 

@@ -173,6 +173,10 @@ pub fn load(pin_dir: Option<&Path>) -> Result<KernelDatapath, LoadError> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
+    // The level of the program's own log lines (aya-log), fixed at load time; harmless when
+    // the object has no such global.
+    let level = super::events::ebpf_log_level();
+    loader.override_global(aya_log::LEVEL, &level, false);
     let mut ebpf = loader.load(OBJECT).map_err(LoadError::Load)?;
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM_NAME)
@@ -199,7 +203,7 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
     match pins_compatible(&dir) {
         Ok(true) => {}
         Ok(false) | Err(_) => {
-            log::warn!(
+            tracing::warn!(
                 "pinned state under {} does not match this version's layout; replacing it",
                 dir.display()
             );
@@ -249,7 +253,7 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
                     continue;
                 }
                 Err(why) => {
-                    log::warn!(
+                    tracing::warn!(
                         "not adopting the pinned link {} ({why}); attaching afresh",
                         path.display()
                     );
@@ -271,7 +275,7 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
                     break;
                 }
                 Err(e) => {
-                    log::info!("{iface}: {label} XDP unavailable: {e}");
+                    tracing::info!("{iface}: {label} XDP unavailable: {e}");
                     last_err = Some((*label, e));
                 }
             }
@@ -304,7 +308,7 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
     // Interfaces a previous run attached to but that are no longer configured.
     for (iface, _, path) in &pinned {
         if !opts.interfaces.contains(iface) {
-            log::info!("{iface}: no longer configured; detaching");
+            tracing::info!("{iface}: no longer configured; detaching");
             fs::remove_file(path).map_err(io_err("remove", path))?;
         }
     }
@@ -340,7 +344,7 @@ pub(super) fn migrate_older_layouts(
             moved.push(iface);
         }
         remove_pins(&old)?;
-        log::warn!(
+        tracing::warn!(
             "upgraded the pins of layout v{version} under {}: {} link(s) adopted, its maps removed (lists and bans come from the state file)",
             old.display(),
             moved.len()

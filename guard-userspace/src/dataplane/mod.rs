@@ -1,5 +1,6 @@
 //! Kernel access behind a small trait, so the control plane (lists, TTLs, bans, health) can be
 //! tested without a kernel. `crate::dataplane::KernelDatapath` is the real one.
+pub mod events;
 mod kernel;
 pub mod link;
 mod loader;

@@ -21,20 +21,22 @@
 //! `starting` lasts about a second after the daemon (re)starts, before the first full
 //! evaluation. Answering `down` then would take a healthy host out on every daemon restart;
 //! a line with no words leaves HAProxy's view as it was (UP for a server it has never asked).
-use std::{
-    io::Write,
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    sync::Arc,
-    time::Duration,
-};
+//!
+//! Each connection is a task on the daemon's runtime that writes the line at once and closes;
+//! over [`MAX_CONNECTIONS`] (or [`MAX_PREFERRED_CONNECTIONS`] for the allow-listed load
+//! balancers) the line is still written, without waiting, by the accept loop itself.
+use std::{net::SocketAddr, time::Duration};
 
-use crate::{
-    health::{HealthReport, Status},
-    serve::http::{Handler, ReportFn, Server, finish},
-};
+use tokio::{io::AsyncWriteExt, net::TcpListener};
+use tokio_util::sync::CancellationToken;
+
+use super::{Pools, PriorityFn, Running, accept_loop, http::ReportFn, linger};
+use crate::health::{HealthReport, Status};
 
 /// Connections handled at once; more are answered inline without waiting, then closed.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections handled at once from the preferred peers.
+pub const MAX_PREFERRED_CONNECTIONS: usize = 64;
 /// Time a client has to take the reply.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest description after `#`, in bytes; HAProxy shows it in its check status.
@@ -44,12 +46,6 @@ pub const MAX_COMMENT: usize = 160;
 pub enum AgentError {
     #[error("cannot listen on {addr} for the HAProxy agent-check server")]
     Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot start the HAProxy agent-check server on {addr}")]
-    Start {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -95,49 +91,82 @@ fn sanitise(reason: &str) -> String {
     out
 }
 
-/// A running agent-check server. Dropping it (or [`AgentServer::shutdown`]) stops accepting.
+/// Binds `addr` for [`serve`].
+///
+/// # Errors
+///
+/// [`AgentError::Bind`] naming the address when it cannot be bound.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, AgentError> {
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| AgentError::Bind { addr, source })
+}
+
+/// Answers every connection on `listener` with [`agent_line`] of `report()`, at once, until
+/// `cancel`: HAProxy may send an `agent-send` string first, and a client may send garbage or
+/// nothing; none of it is waited for or parsed. `report` must be cheap (a shared copy).
+pub async fn serve(
+    listener: TcpListener,
+    report: ReportFn,
+    priority: Option<PriorityFn>,
+    cancel: CancellationToken,
+) {
+    let pools = Pools::new(MAX_CONNECTIONS, MAX_PREFERRED_CONNECTIONS, priority);
+    let for_overflow = report.clone();
+    accept_loop(
+        listener,
+        pools,
+        cancel,
+        move |mut stream, _peer, permit| {
+            let line = agent_line(&report());
+            async move {
+                let _permit = permit;
+                let sent =
+                    tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(line.as_bytes())).await;
+                if matches!(sent, Ok(Ok(()))) {
+                    linger(stream).await;
+                }
+            }
+        },
+        // Over the bound: still one valid line, written without waiting (a line this small
+        // fits the socket buffer; if not, the client is gone).
+        move |stream| {
+            let line = agent_line(&for_overflow());
+            let _ = stream.try_write(line.as_bytes());
+            if let Ok(std) = stream.into_std() {
+                let _ = std.shutdown(std::net::Shutdown::Write);
+            }
+        },
+    )
+    .await;
+}
+
+/// An agent-check server on a thread of its own (for callers without a runtime). Dropping
+/// it (or [`AgentServer::shutdown`]) stops accepting and closes the listener.
 pub struct AgentServer {
-    inner: Server,
+    inner: Running,
 }
 
 impl AgentServer {
-    /// Binds `addr` and answers every connection with [`agent_line`] of `report()`, at once:
-    /// HAProxy may send an `agent-send` string first, and a client may send garbage or
-    /// nothing; none of it is waited for or parsed. `report` must be cheap (read a shared
-    /// copy the daemon updates each tick).
+    /// Binds `addr` and answers every connection as [`serve`] does.
     ///
     /// # Errors
     ///
-    /// [`AgentError::Bind`] naming the address when it cannot be bound,
-    /// [`AgentError::Start`] if the thread cannot start.
+    /// [`AgentError::Bind`] naming the address when it cannot be bound.
     pub fn bind(addr: SocketAddr, report: ReportFn) -> Result<Self, AgentError> {
-        let listener =
-            TcpListener::bind(addr).map_err(|source| AgentError::Bind { addr, source })?;
-        let for_worker = Arc::clone(&report);
-        let worker: Handler = Arc::new(move |mut stream: TcpStream| {
-            let line = agent_line(&for_worker());
-            let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-            if stream.write_all(line.as_bytes()).is_ok() {
-                finish(stream);
-            }
-        });
-        // Over the bound: still one valid line, written without blocking the accept loop.
-        let busy: Handler = Arc::new(move |stream: TcpStream| {
-            let line = agent_line(&report());
-            let _ = stream.set_nonblocking(true);
-            let _ = (&stream).write(line.as_bytes());
-            let _ = stream.shutdown(Shutdown::Write);
-        });
-        let inner = Server::start(listener, "guard-agent", MAX_CONNECTIONS, worker, busy)
-            .map_err(|source| AgentError::Start { addr, source })?;
+        let listener = bind(addr)?;
+        let inner = Running::start("guard-agent", listener, move |l, cancel| {
+            serve(l, report, None, cancel)
+        })
+        .map_err(|source| AgentError::Bind { addr, source })?;
         Ok(Self { inner })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.inner.addr
+        self.inner.local_addr()
     }
 
-    /// Stops accepting and waits for the accept loop (not for replies in flight).
+    /// Stops accepting and waits until the listener is closed.
     pub fn shutdown(self) {}
 }
 

@@ -1,33 +1,45 @@
-//! A minimal HTTP/1.1 server for health and metrics (`/livez`, `/readyz`, `/readyz/haproxy`,
-//! `/metrics`): std::net, a thread per connection up to a bound, GET/HEAD only, `Connection: close`.
+//! The health HTTP server (`/livez`, `/readyz`, `/readyz/haproxy`, `/metrics`) on hyper:
+//! GET and HEAD only, one request per connection (`Connection: close`).
 //!
-//! It also holds the accept loop the agent-check server shares: a listener polled so that
-//! shutdown is prompt, connections handed to at most `max` worker threads, and the overflow
-//! answered at once without blocking (so slow clients cannot pile up threads).
-use std::{
-    io::{self, Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-    thread::JoinHandle,
-    time::{Duration, Instant},
+//! hyper bounds the request head ([`MAX_HEAD`], over it `431`) and the time to send it
+//! ([`READ_TIMEOUT`]); tower-http bounds the body and the handling. Connections are bounded
+//! by [`MAX_CONNECTIONS`] (and [`MAX_PREFERRED_CONNECTIONS`] for the allow-listed load
+//! balancers, see [`super::Pools`]); a connection over its pool's bound is closed at once,
+//! never answered `503` because the server is busy: a probe gets the real state or nothing.
+//!
+//! Hand-written here: the routing (four paths, a pure function), and the `408` for a head
+//! that did not arrive in time, which hyper closes without answering.
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
 };
-
 use serde_json::{Map, Value, json};
+use tokio::{io::AsyncWriteExt, net::TcpListener};
+use tokio_util::sync::CancellationToken;
+use tower::{ServiceBuilder, service_fn};
+use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 
+use super::{Pools, PriorityFn, Running, accept_loop, linger};
 use crate::health::{HealthReport, Observed, Status};
 
-/// Connections handled at once; more are answered `503` at once and closed.
-pub const MAX_CONNECTIONS: usize = 64;
-/// Request line plus headers, in bytes; more is `431`.
+/// Connections handled at once from ordinary clients; more are closed at once. Each idle one
+/// costs a task and hyper's read buffer (at most [`MAX_HEAD`]).
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections handled at once from the preferred peers (the allow-listed load balancers).
+pub const MAX_PREFERRED_CONNECTIONS: usize = 256;
+/// Request line plus headers, in bytes; more is `431` (hyper's smallest read buffer bound).
 pub const MAX_HEAD: usize = 8192;
-/// Time a client has to send its request head.
+/// Time a client has to send its request head; then `408`.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
-/// Time a client has to take the response.
+/// Time the server has to produce and write the response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest request body taken (a health probe sends none).
+const MAX_BODY: usize = 1024;
 
 /// The `/readyz` content type (draft-inadarei-api-health-check, section 3).
 pub const HEALTH_JSON: &str = "application/health+json";
@@ -52,20 +64,110 @@ pub enum HttpServerError {
     Bind {
         addr: SocketAddr,
         #[source]
-        source: io::Error,
-    },
-    #[error("cannot start the health HTTP server on {addr}")]
-    Start {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
+        source: std::io::Error,
     },
 }
 
-/// A running HTTP server. Dropping it (or [`HttpServer::shutdown`]) stops accepting; requests
-/// in progress finish on their own threads.
+/// Binds `addr` for [`serve`] (port 0 picks one).
+///
+/// # Errors
+///
+/// [`HttpServerError::Bind`] naming the address when it cannot be bound (in use, not local,
+/// no permission).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, HttpServerError> {
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| HttpServerError::Bind { addr, source })
+}
+
+/// Serves `listener` until `cancel`: one task per connection, bounded as the module says.
+pub async fn serve(
+    listener: TcpListener,
+    handlers: Handlers,
+    priority: Option<PriorityFn>,
+    cancel: CancellationToken,
+) {
+    let handlers = Arc::new(handlers);
+    let pools = Pools::new(MAX_CONNECTIONS, MAX_PREFERRED_CONNECTIONS, priority);
+    accept_loop(
+        listener,
+        pools,
+        cancel,
+        move |stream, _peer, permit| {
+            let handlers = Arc::clone(&handlers);
+            async move {
+                let _permit = permit;
+                serve_connection(stream, handlers).await;
+            }
+        },
+        // Over the bound: closed, never answered 503.
+        drop,
+    )
+    .await;
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, handlers: Arc<Handlers>) {
+    let mut io = TokioIo::new(stream);
+    let service = ServiceBuilder::new()
+        .layer(TimeoutLayer::with_status_code(
+            hyper::StatusCode::REQUEST_TIMEOUT,
+            WRITE_TIMEOUT,
+        ))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .service(service_fn(move |req: hyper::Request<_>| {
+            let handlers = Arc::clone(&handlers);
+            async move { Ok::<_, Infallible>(respond(&req, &handlers)) }
+        }));
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false)
+        .title_case_headers(true)
+        .auto_date_header(false)
+        .serve_connection(&mut io, TowerToHyperService::new(service))
+        .await;
+    let mut stream = io.into_inner();
+    if let Err(e) = served
+        && e.is_timeout()
+    {
+        let r = Response::text(408, "request timeout\n");
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&r.to_bytes(false))).await;
+    }
+    linger(stream).await;
+}
+
+/// The hyper response for `req`: [`route`]'s, with its headers in order.
+fn respond<B>(req: &hyper::Request<B>, handlers: &Handlers) -> hyper::Response<Full<Bytes>> {
+    let head_only = req.method() == hyper::Method::HEAD;
+    // Only the origin form (`/path`) is a request target here (RFC 9112 3.2.1).
+    let origin = req.uri().scheme().is_none() && req.uri().authority().is_none();
+    let r = if origin {
+        route(req.method().as_str(), req.uri().path(), handlers)
+    } else {
+        Response::text(400, "bad request\n")
+    };
+    let mut out = hyper::Response::builder().status(r.status);
+    for (name, value) in &r.headers {
+        out = out.header(*name, value.as_str());
+    }
+    out = out
+        .header("Content-Length", r.body.len())
+        .header("Cache-Control", "no-store")
+        .header("Connection", "close");
+    let body = if head_only {
+        Bytes::new()
+    } else {
+        Bytes::from(r.body)
+    };
+    out.body(Full::new(body))
+        .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new())))
+}
+
+/// A health HTTP server on a thread of its own (for callers without a runtime). Dropping it
+/// (or [`HttpServer::shutdown`]) stops accepting and closes the listener.
 pub struct HttpServer {
-    inner: Server,
+    inner: Running,
 }
 
 impl HttpServer {
@@ -73,29 +175,34 @@ impl HttpServer {
     ///
     /// # Errors
     ///
-    /// [`HttpServerError::Bind`] naming the address when it cannot be bound (in use, not
-    /// local, no permission), [`HttpServerError::Start`] if the thread cannot start.
+    /// [`HttpServerError::Bind`] naming the address when it cannot be bound.
     pub fn bind(addr: SocketAddr, handlers: Handlers) -> Result<Self, HttpServerError> {
-        let listener =
-            TcpListener::bind(addr).map_err(|source| HttpServerError::Bind { addr, source })?;
-        let handlers = Arc::new(handlers);
-        let worker: Handler = Arc::new(move |s| serve_connection(s, &handlers));
-        let inner = Server::start(
-            listener,
-            "guard-http",
-            MAX_CONNECTIONS,
-            worker,
-            Arc::new(busy_503),
-        )
-        .map_err(|source| HttpServerError::Start { addr, source })?;
+        Self::bind_with_priority(addr, handlers, None)
+    }
+
+    /// As [`HttpServer::bind`], with the peers that get the reserved pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`HttpServer::bind`].
+    pub fn bind_with_priority(
+        addr: SocketAddr,
+        handlers: Handlers,
+        priority: Option<PriorityFn>,
+    ) -> Result<Self, HttpServerError> {
+        let listener = bind(addr)?;
+        let inner = Running::start("guard-http", listener, move |l, cancel| {
+            serve(l, handlers, priority, cancel)
+        })
+        .map_err(|source| HttpServerError::Bind { addr, source })?;
         Ok(Self { inner })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.inner.addr
+        self.inner.local_addr()
     }
 
-    /// Stops accepting and waits for the accept loop (not for requests in progress).
+    /// Stops accepting and waits until the listener is closed.
     pub fn shutdown(self) {}
 }
 
@@ -269,245 +376,6 @@ pub fn health_json(report: &HealthReport) -> Value {
     Value::Object(body)
 }
 
-fn serve_connection(mut stream: TcpStream, handlers: &Handlers) {
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let (response, head_only) = match read_head(&mut stream) {
-        Ok(head) => match parse_request_line(&head) {
-            Some((method, target)) => (route(method, target, handlers), method == "HEAD"),
-            None => (Response::text(400, "bad request\n"), false),
-        },
-        Err(HeadError::TooLarge) => (Response::text(431, "request head too large\n"), false),
-        Err(HeadError::TimedOut) => (Response::text(408, "request timeout\n"), false),
-        // The client went away: nobody to answer.
-        Err(HeadError::Closed) => return,
-    };
-    if stream.write_all(&response.to_bytes(head_only)).is_ok() {
-        finish(stream);
-    }
-}
-
-enum HeadError {
-    TooLarge,
-    TimedOut,
-    Closed,
-}
-
-/// Reads up to the blank line ending the head, within [`READ_TIMEOUT`] and [`MAX_HEAD`].
-fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
-    let deadline = Instant::now() + READ_TIMEOUT;
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    // Bounded: each pass reads at least one byte or returns, and MAX_HEAD caps the bytes.
-    loop {
-        if let Some(end) = head_end(&head) {
-            head.truncate(end);
-            return Ok(head);
-        }
-        if head.len() >= MAX_HEAD {
-            return Err(HeadError::TooLarge);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(HeadError::TimedOut);
-        }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|_| HeadError::Closed)?;
-        let want = (MAX_HEAD - head.len()).min(buf.len());
-        match stream.read(&mut buf[..want]) {
-            Ok(0) => return Err(HeadError::Closed),
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(HeadError::TimedOut);
-            }
-            Err(_) => return Err(HeadError::Closed),
-        }
-    }
-}
-
-/// Where the head ends: after CRLF CRLF, or LF LF from lenient clients (RFC 9112 §2.2).
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// `METHOD SP request-target SP HTTP/1.x` (RFC 9112 §3).
-fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
-    let line = head.split(|b| *b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
-    let mut parts = line.split(' ');
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some()
-        || !version.starts_with("HTTP/1.")
-        || method.is_empty()
-        || !method.bytes().all(|b| b.is_ascii_uppercase())
-        || !target.starts_with('/')
-    {
-        return None;
-    }
-    Some((method, target))
-}
-
-fn busy_503(mut stream: TcpStream) {
-    let r = Response {
-        status: 503,
-        headers: vec![("Retry-After", "1".to_string())],
-        body: Vec::new(),
-    };
-    // Non-blocking: a response this small fits the socket buffer; if not, the client is gone.
-    let _ = stream.set_nonblocking(true);
-    let _ = stream.write(&r.to_bytes(false));
-    let _ = stream.shutdown(Shutdown::Both);
-}
-
-/// Sends FIN after the response, then reads briefly what the client still sends, so that
-/// closing with unread input does not reset the connection and destroy the response in
-/// flight (RFC 9112 §9.6, "tear-down").
-pub(crate) fn finish(mut stream: TcpStream) {
-    let _ = stream.flush();
-    let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let deadline = Instant::now() + Duration::from_millis(500);
-    let mut buf = [0u8; 1024];
-    for _ in 0..32 {
-        if Instant::now() >= deadline {
-            break;
-        }
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-}
-
-/// Handles one accepted connection.
-pub(crate) type Handler = Arc<dyn Fn(TcpStream) + Send + Sync>;
-
-/// A listener's accept loop on its own thread. Dropping it stops the loop within ~100 ms.
-pub(crate) struct Server {
-    pub(crate) addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    /// Starts accepting. Each connection runs `handle` on a new thread while fewer than `max`
-    /// do; beyond that `busy` runs inline on the accept thread and must not block.
-    pub(crate) fn start(
-        listener: TcpListener,
-        name: &str,
-        max: usize,
-        handle: Handler,
-        busy: Handler,
-    ) -> io::Result<Self> {
-        let addr = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let worker_name = format!("{name}-conn");
-        let thread = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                let active = Arc::new(AtomicUsize::new(0));
-                while !stopping.load(Ordering::Relaxed) {
-                    wait_readable(&listener, 100);
-                    // Take what is queued, a bounded batch, then check for stop again.
-                    for _ in 0..256 {
-                        match listener.accept() {
-                            Ok((stream, _)) => {
-                                dispatch(stream, &active, max, &handle, &busy, &worker_name)
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => {
-                                // Out of descriptors or memory: back off rather than spin.
-                                log::warn!("{addr}: accept failed: {e}");
-                                std::thread::sleep(Duration::from_millis(50));
-                                break;
-                            }
-                        }
-                    }
-                }
-            })?;
-        Ok(Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Decrements the active count when a worker ends, even by panic.
-struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-fn dispatch(
-    stream: TcpStream,
-    active: &Arc<AtomicUsize>,
-    max: usize,
-    handle: &Handler,
-    busy: &Handler,
-    name: &str,
-) {
-    // Accepted sockets do not inherit O_NONBLOCK on Linux; make sure of it anyway.
-    if stream.set_nonblocking(false).is_err() {
-        return;
-    }
-    if active.fetch_add(1, Ordering::AcqRel) >= max {
-        active.fetch_sub(1, Ordering::AcqRel);
-        busy(stream);
-        return;
-    }
-    let slot = Slot(Arc::clone(active));
-    let handle = Arc::clone(handle);
-    let spawned = std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            let _slot = slot;
-            handle(stream);
-        });
-    if let Err(e) = spawned {
-        // The closure, with its stream and slot, is dropped: the connection closes.
-        log::warn!("cannot start a connection thread: {e}");
-    }
-}
-
-/// Waits until `listener` has a connection to accept, or `timeout_ms` passes.
-fn wait_readable(listener: &TcpListener, timeout_ms: i32) {
-    let mut fds = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `fds` is one valid, initialised pollfd that outlives the call, and nfds is 1.
-    // The result is not needed: accept() on the non-blocking listener tells what is ready.
-    unsafe { libc::poll(&mut fds, 1, timeout_ms) };
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,22 +485,46 @@ mod tests {
         );
     }
 
+    /// Sends `request` to `addr` and returns the status line of the answer.
+    fn status_line(addr: SocketAddr, request: &[u8]) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(request).expect("send");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).to_string();
+        text.lines().next().unwrap_or_default().to_string()
+    }
+
     #[test]
-    fn request_line_parsing_rejects_malformed_lines() {
+    fn malformed_request_lines_are_400_and_other_methods_405() {
+        let srv =
+            HttpServer::bind("127.0.0.1:0".parse().unwrap(), handlers(Status::Pass)).expect("bind");
+        let addr = srv.local_addr();
         assert_eq!(
-            parse_request_line(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some(("GET", "/readyz"))
+            status_line(addr, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"),
+            "HTTP/1.1 200 OK"
         );
         for bad in [
             &b"GET /readyz\r\n\r\n"[..],
             b"GET  /readyz HTTP/1.1\r\n\r\n",
-            b"get /readyz HTTP/1.1\r\n\r\n",
             b"GET readyz HTTP/1.1\r\n\r\n",
             b"GET /readyz HTTP/2\r\n\r\n",
             b"\xff\xfe\r\n\r\n",
         ] {
-            assert_eq!(parse_request_line(bad), None, "{bad:?}");
+            assert_eq!(
+                status_line(addr, bad),
+                "HTTP/1.1 400 Bad Request",
+                "{bad:?}"
+            );
         }
+        // A method is a token, case-sensitive (RFC 9110 9.1): `get` is not GET.
+        assert_eq!(
+            status_line(addr, b"get /readyz HTTP/1.1\r\n\r\n"),
+            "HTTP/1.1 405 Method Not Allowed"
+        );
     }
 
     #[test]

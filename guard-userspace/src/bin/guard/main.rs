@@ -318,10 +318,13 @@ mod tests {
             rpc::{Handler, dispatch as serve_request},
         };
 
-        struct Fake(Mutex<Control<FakeDatapath>>);
+        struct Fake(Arc<Mutex<Control<FakeDatapath>>>);
         impl Handler for Fake {
-            fn handle(&self, request: Request) -> Result<Reply, String> {
-                serve_request(&self.0, request)
+            fn handle(
+                &self,
+                request: Request,
+            ) -> futures_util::future::BoxFuture<'_, Result<Reply, String>> {
+                Box::pin(serve_request(&self.0, request))
             }
         }
 
@@ -336,7 +339,7 @@ mod tests {
         let socket = dir.join("guard.sock");
         guard::rpc::serve(
             guard::rpc::bind(&socket).unwrap(),
-            Arc::new(Fake(Mutex::new(control))),
+            Arc::new(Fake(Arc::new(Mutex::new(control)))),
         );
 
         guard(
