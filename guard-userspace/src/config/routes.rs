@@ -1,5 +1,8 @@
 //! Route discovery: the interfaces that carry a default route, from the kernel's routing
 //! tables, when the config names none.
+//!
+//! Hand-written here: the two table parsers, because procfs reads only the IPv4 table and a
+//! host is protected on both families.
 use super::*;
 
 /// The interfaces that carry a default route, IPv4 first, each ordered by metric, without

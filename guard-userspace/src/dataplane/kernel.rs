@@ -23,10 +23,9 @@ use crate::{
 mod maps;
 
 pub(super) fn if_index(iface: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(iface).ok()?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (idx != 0).then_some(idx)
+    nix::net::if_::if_nametoindex(iface)
+        .ok()
+        .filter(|i| *i != 0)
 }
 
 pub(super) fn map_err(

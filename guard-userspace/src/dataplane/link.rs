@@ -4,6 +4,9 @@
 //! A link whose interface was deleted, or that someone detached (`bpftool link detach`), stays
 //! pinned but reports interface 0; an interface deleted and made anew under the same name has
 //! a new index. Either way the program no longer sees that interface's packets.
+//!
+//! Hand-written here: the two bpf(2) calls (`BPF_OBJ_GET`, `BPF_OBJ_GET_INFO_BY_FD`), because
+//! aya 0.14's `LinkInfo` has no XDP ifindex and its `FdLink` does not lend its descriptor.
 use std::{
     ffi::CString,
     io,
@@ -79,10 +82,7 @@ pub fn check(pin_dir: &Path, iface: &str) -> LinkState {
 }
 
 fn if_index(iface: &str) -> Option<u32> {
-    let name = CString::new(iface).ok()?;
-    // SAFETY: `name` is a valid NUL-terminated string for the call's duration.
-    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (i != 0).then_some(i)
+    super::kernel::if_index(iface)
 }
 
 /// The interface index of the XDP link pinned at `pin`; `None` if it is another kind of link.

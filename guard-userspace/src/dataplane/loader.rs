@@ -32,33 +32,26 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 /// # Errors
 /// When the mount fails (not root, or no bpffs in this kernel).
 pub fn ensure_bpffs() -> Result<(), LoadError> {
-    let mounts = fs::read_to_string("/proc/self/mounts").map_err(|source| LoadError::Io {
+    let mounts = procfs::mounts().map_err(|e| LoadError::Io {
         op: "read",
         path: "/proc/self/mounts".into(),
-        source,
+        source: io::Error::other(e),
     })?;
-    if mounts.lines().any(|l| {
-        l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")
-    }) {
+    if mounts
+        .iter()
+        .any(|m| m.fs_file == BPFFS && m.fs_vfstype == "bpf")
+    {
         return Ok(());
     }
     fs::create_dir_all(BPFFS).map_err(LoadError::Mount)?;
-    let src = c"bpf";
-    let target = c"/sys/fs/bpf";
-    // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            src.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(LoadError::Mount(io::Error::last_os_error()));
-    }
-    Ok(())
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| LoadError::Mount(e.into()))
 }
 
 /// What each map must look like to be reused: type, key size, value size, capacity.

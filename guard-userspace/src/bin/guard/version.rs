@@ -1,9 +1,6 @@
 //! `guard --version` (the build and the running kernel, for bug reports) and `guard completions`
 //! (shell completion scripts generated from the clap definition).
-use std::{
-    ffi::CStr,
-    io::{self, Write},
-};
+use std::io::{self, Write};
 
 use clap::CommandFactory;
 use clap_complete::Shell;
@@ -41,15 +38,8 @@ pub fn long_version() -> String {
 ///
 /// The OS error of uname(2).
 pub fn kernel_release() -> io::Result<String> {
-    // SAFETY: utsname is plain data; uname fills it in and NUL-terminates each field.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: `u` is a valid, writable utsname.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: uname succeeded, so `release` holds a NUL-terminated string within the array.
-    let release = unsafe { CStr::from_ptr(u.release.as_ptr()) };
-    Ok(release.to_string_lossy().into_owned())
+    let u = nix::sys::utsname::uname()?;
+    Ok(u.release().to_string_lossy().into_owned())
 }
 
 /// The command definition with the version texts set (they are built at run time: the kernel

@@ -13,13 +13,10 @@ use crate::{
 
 impl Datapath for KernelDatapath {
     fn now_ns(&self) -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: ts is a valid timespec; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        // CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |ts| {
+            ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+        })
     }
 
     fn config(&self) -> Result<Config, DatapathError> {
