@@ -229,15 +229,13 @@ fn excess_connections_are_closed_at_once_never_503_and_a_preferred_probe_is_answ
         .collect();
     wait_for(WAIT, || tcp_accepted(addr, MAX_CONNECTIONS).then_some(()))
         .expect("the server never accepted every idle client");
-    // One more ordinary client: closed at once, or served if an idle one timed out meanwhile,
-    // but never told 503 because the server is busy.
-    let start = Instant::now();
+    // One more ordinary client, sending nothing: closed without an answer (or, if an idle one
+    // was cut meanwhile and freed a slot, served: a 408 for its silence), never told 503
+    // because the server is busy. (That a full pool never waits is a unit test of Pools.)
     let mut excess = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
     excess
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    // The server may have closed already: a failed send or a reset is a close too.
-    let _ = excess.write_all(b"GET /livez HTTP/1.1\r\nHost: guard\r\n\r\n");
     let mut out = Vec::new();
     match excess.read_to_end(&mut out) {
         Ok(_) => {}
@@ -246,12 +244,8 @@ fn excess_connections_are_closed_at_once_never_503_and_a_preferred_probe_is_answ
     }
     let response = String::from_utf8(out).expect("ascii");
     assert!(
-        response.is_empty() || response.starts_with("HTTP/1.1 200 OK\r\n"),
+        response.is_empty() || response.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
         "{response}"
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "answered without waiting"
     );
     // The load balancer (a preferred peer) gets the real state at once.
     let start = Instant::now();

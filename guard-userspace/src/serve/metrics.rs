@@ -1,10 +1,22 @@
 //! The `/metrics` body: Prometheus text exposition format 0.0.4, `guard_` prefix, base units,
 //! `_total` on counters, no per-source labels (their cardinality is the attacker's choice).
-use std::fmt::Write as _;
+//!
+//! Each scrape is a prometheus-client registry (families, label and value encoding). Its text
+//! is OpenMetrics, whose counter family is named without `_total` (`# TYPE guard_packets
+//! counter` over `guard_packets_total` samples) and which ends in `# EOF`; Prometheus' own
+//! text format names the family as its samples, and promtool's check wants it so. Hand-written
+//! here: that renaming of the counters' HELP and TYPE lines, and leaving out `# EOF`.
+use std::sync::atomic::AtomicU64;
 
 use guard_common::{Counters, capacity::STATS_SLOTS, reason};
+use prometheus_client::{
+    encoding::{EncodeMetric, MetricEncoder},
+    metrics::{MetricType, TypedMetric, counter::Counter, gauge::Gauge},
+    registry::Registry,
+};
 
 use crate::{
+    control::attack::ServiceReport,
     dataplane::Attachment,
     health::{HealthReport, MapFill, StatusKind},
 };
@@ -62,81 +74,27 @@ pub struct Snapshot<'a> {
     /// `None` before the first evaluation: health families are left out.
     pub health: Option<&'a HealthReport>,
     /// Each service (and "other").
-    pub services: &'a [crate::control::attack::ServiceReport],
+    pub services: &'a [ServiceReport],
     pub known_sources: u64,
     pub prefix_bans: u64,
 }
 
-#[derive(Clone, Copy)]
-enum Num {
-    Int(u64),
-    Float(f64),
-}
-
-struct Writer {
-    out: String,
-}
-
-impl Writer {
-    /// Writes one family: HELP, TYPE and its samples. A family with no samples is left out.
-    fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(Vec<(&str, &str)>, Num)]) {
-        if samples.is_empty() {
-            return;
-        }
-        let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            self.out.push_str(name);
-            if !labels.is_empty() {
-                self.out.push('{');
-                for (i, (k, v)) in labels.iter().enumerate() {
-                    if i > 0 {
-                        self.out.push(',');
-                    }
-                    let _ = write!(self.out, "{k}=\"{}\"", escape_label(v));
-                }
-                self.out.push('}');
-            }
-            let _ = match value {
-                Num::Int(v) => writeln!(self.out, " {v}"),
-                Num::Float(v) if v.is_nan() => writeln!(self.out, " NaN"),
-                Num::Float(v) => writeln!(self.out, " {v}"),
-            };
-        }
-    }
-}
-
-/// Label values escape `\`, `"` and newline (exposition format, "Text format details").
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// HELP text escapes `\` and newline.
-fn escape_help(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
 /// Renders a scrape.
 pub fn render(s: &Snapshot<'_>) -> String {
-    let mut w = Writer {
-        out: String::with_capacity(4096),
-    };
-    w.family(
+    let mut r = Scrape::default();
+    r.gauge(
         "guard_up",
-        "gauge",
         "1 if the guard daemon is running and can read its data plane, else 0.",
-        &[(vec![], Num::Int(u64::from(s.up)))],
+        vec![(vec![], i64::from(s.up))],
     );
     for (name, help, pick) in [
         (
-            "guard_packets_total",
+            "guard_packets",
             "Packets seen by the XDP program, by interface and verdict reason. would_drop counts dry-run decisions that are also counted under their own reason.",
             (|c: &Counters, r: usize| c.packets[r]) as fn(&Counters, usize) -> u64,
         ),
         (
-            "guard_bytes_total",
+            "guard_bytes",
             "Bytes seen by the XDP program, by interface and verdict reason. would_drop counts dry-run decisions that are also counted under their own reason.",
             |c: &Counters, r: usize| c.bytes[r],
         ),
@@ -148,40 +106,36 @@ pub fn render(s: &Snapshot<'_>) -> String {
                 (0..reason::COUNT).map(move |r| {
                     (
                         vec![
-                            ("interface", i.interface.as_str()),
-                            ("reason", reason::NAMES[r]),
+                            ("interface", i.interface.clone()),
+                            ("reason", reason::NAMES[r].to_string()),
                         ],
-                        Num::Int(pick(&i.counters, r)),
+                        pick(&i.counters, r),
                     )
                 })
             })
             .collect();
-        w.family(name, "counter", help, &samples);
+        r.counter(name, help, samples);
     }
-    w.family(
+    r.gauge(
         "guard_bans_active",
-        "gauge",
         "Sources banned now.",
-        &[(vec![], Num::Int(s.bans_active))],
+        vec![(vec![], count(s.bans_active))],
     );
-    w.family(
+    r.gauge(
         "guard_prefix_bans_active",
-        "gauge",
         "Prefixes banned now (escalated from the bans of their sources).",
-        &[(vec![], Num::Int(s.prefix_bans))],
+        vec![(vec![], count(s.prefix_bans))],
     );
-    w.family(
+    r.gauge(
         "guard_known_sources",
-        "gauge",
         "Sources known to the guard (good standing or a completed TCP handshake), as of the last walk.",
-        &[(vec![], Num::Int(s.known_sources))],
+        vec![(vec![], count(s.known_sources))],
     );
     for (name, help, pick) in [
         (
             "guard_service_packets_per_second",
             "Packets per second to a service (\"other\": to no configured service).",
-            (|r: &crate::control::attack::ServiceReport| r.pps)
-                as fn(&crate::control::attack::ServiceReport) -> f64,
+            (|r: &ServiceReport| r.pps) as fn(&ServiceReport) -> f64,
         ),
         (
             "guard_service_syns_per_second",
@@ -204,85 +158,191 @@ pub fn render(s: &Snapshot<'_>) -> String {
             |r| r.newcomer_dropped_pps,
         ),
     ] {
-        let samples: Vec<_> = s
+        let samples = s
             .services
             .iter()
-            .map(|r| (vec![("service", r.name.as_str())], Num::Float(pick(r))))
+            .map(|r| (vec![("service", r.name.clone())], pick(r)))
             .collect();
-        w.family(name, "gauge", help, &samples);
+        r.ratio(name, help, samples);
     }
-    let entries: Vec<_> = s
-        .maps
-        .iter()
-        .map(|m| (vec![("map", m.name.as_str())], Num::Int(m.entries)))
-        .collect();
-    w.family(
+    let per_map = |f: fn(&MapFill) -> u64| -> Vec<_> {
+        s.maps
+            .iter()
+            .map(|m| (vec![("map", m.name.clone())], count(f(m))))
+            .collect()
+    };
+    r.gauge(
         "guard_map_entries",
-        "gauge",
         "Entries in a data-plane map.",
-        &entries,
+        per_map(|m| m.entries),
     );
-    let capacity: Vec<_> = s
-        .maps
-        .iter()
-        .map(|m| (vec![("map", m.name.as_str())], Num::Int(m.capacity)))
-        .collect();
-    w.family(
+    r.gauge(
         "guard_map_capacity",
-        "gauge",
         "Maximum entries of a data-plane map.",
-        &capacity,
+        per_map(|m| m.capacity),
     );
     if let Some(h) = s.health {
         let current = h.status.kind();
-        let states: Vec<_> = StatusKind::ALL
-            .iter()
-            .map(|k| {
-                (
-                    vec![("status", k.name())],
-                    Num::Int(u64::from(*k == current)),
-                )
-            })
-            .collect();
-        w.family(
+        r.gauge(
             "guard_health_status",
-            "gauge",
             "1 for the host's current health state, 0 for the others.",
-            &states,
+            StatusKind::ALL
+                .iter()
+                .map(|k| {
+                    (
+                        vec![("status", k.name().to_string())],
+                        i64::from(*k == current),
+                    )
+                })
+                .collect(),
         );
-        w.family(
+        r.ratio(
             "guard_health_weight_ratio",
-            "gauge",
             "Share of its configured load-balancer weight the host asks for (0 to 1).",
-            &[(vec![], Num::Float(f64::from(h.weight()) / 100.0))],
+            vec![(vec![], f64::from(h.weight()) / 100.0)],
         );
-        let ratio = |p: Option<f64>| p.map(|v| vec![(vec![], Num::Float(v / 100.0))]);
-        w.family(
+        let ratio = |p: Option<f64>| p.map(|v| (vec![], v / 100.0)).into_iter().collect();
+        r.ratio(
             "guard_cpu_utilisation_ratio",
-            "gauge",
             "CPU time spent busy (not idle or waiting for I/O) over the last health sample, 0 to 1.",
-            &ratio(h.headroom.cpu_percent).unwrap_or_default(),
+            ratio(h.headroom.cpu_percent),
         );
-        w.family(
+        r.ratio(
             "guard_memory_utilisation_ratio",
-            "gauge",
             "Memory in use (MemTotal - MemAvailable) over MemTotal, 0 to 1.",
-            &ratio(h.headroom.memory_percent).unwrap_or_default(),
+            ratio(h.headroom.memory_percent),
         );
-        let pressure: Vec<_> = h
-            .headroom
-            .pressure_percent
-            .iter()
-            .map(|(r, v)| (vec![("resource", r.as_str())], Num::Float(v / 100.0)))
-            .collect();
-        w.family(
+        r.ratio(
             "guard_pressure_some_avg10_ratio",
-            "gauge",
             "Pressure stall information: share of the last 10 s in which some task stalled on the resource, 0 to 1.",
-            &pressure,
+            h.headroom
+                .pressure_percent
+                .iter()
+                .map(|(res, v)| (vec![("resource", res.clone())], v / 100.0))
+                .collect(),
         );
     }
-    w.out
+    r.text()
+}
+
+/// A count as a gauge value.
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One scrape's registry, and the names of its counter families.
+#[derive(Default)]
+struct Scrape {
+    registry: Registry,
+    counters: Vec<&'static str>,
+}
+
+impl Scrape {
+    /// A family of integer gauges; left out when it has no samples.
+    fn gauge(&mut self, name: &'static str, help: &str, samples: Vec<(Labels, i64)>) {
+        if samples.is_empty() {
+            return;
+        }
+        let family = Ordered(
+            samples
+                .into_iter()
+                .map(|(labels, v)| {
+                    let g = Gauge::<i64>::default();
+                    g.set(v);
+                    (labels, g)
+                })
+                .collect(),
+        );
+        self.registry.register(name, help_text(help), family);
+    }
+
+    /// A family of float gauges (ratios, rates); left out when it has no samples.
+    fn ratio(&mut self, name: &'static str, help: &str, samples: Vec<(Labels, f64)>) {
+        if samples.is_empty() {
+            return;
+        }
+        let family = Ordered(
+            samples
+                .into_iter()
+                .map(|(labels, v)| {
+                    let g = Gauge::<f64, AtomicU64>::default();
+                    g.set(v);
+                    (labels, g)
+                })
+                .collect(),
+        );
+        self.registry.register(name, help_text(help), family);
+    }
+
+    /// A family of counters, `name` without `_total` (prometheus-client adds it to the
+    /// samples); left out when it has no samples.
+    fn counter(&mut self, name: &'static str, help: &str, samples: Vec<(Labels, u64)>) {
+        if samples.is_empty() {
+            return;
+        }
+        let family = Ordered(
+            samples
+                .into_iter()
+                .map(|(labels, v)| {
+                    let c = Counter::<u64>::default();
+                    c.inc_by(v);
+                    (labels, c)
+                })
+                .collect(),
+        );
+        self.registry.register(name, help_text(help), family);
+        self.counters.push(name);
+    }
+
+    /// The Prometheus text format 0.0.4: prometheus-client's OpenMetrics text with each
+    /// counter's HELP and TYPE lines naming its samples (`guard_packets_total`), and no
+    /// `# EOF` (see the module docs).
+    fn text(&self) -> String {
+        let mut om = String::with_capacity(8192);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode_registry(&mut om, &self.registry);
+        let mut out = String::with_capacity(om.len() + 64);
+        for line in om.lines() {
+            let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+                let rest = line.strip_prefix(tag)?;
+                let (name, tail) = rest.split_once(' ')?;
+                self.counters
+                    .contains(&name)
+                    .then(|| format!("{tag}{name}_total {tail}"))
+            });
+            match renamed {
+                Some(l) => out.push_str(&l),
+                None => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A family whose samples keep the order they were given in (prometheus-client's `Family` is
+/// a hash map, which would shuffle them on every scrape).
+#[derive(Debug)]
+struct Ordered<M>(Vec<(Labels, M)>);
+
+impl<M: EncodeMetric + TypedMetric> EncodeMetric for Ordered<M> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, m) in &self.0 {
+            m.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+}
+
+/// prometheus-client ends each HELP text with a full stop of its own.
+fn help_text(help: &str) -> &str {
+    help.strip_suffix('.').unwrap_or(help)
 }
 
 #[cfg(test)]
@@ -330,7 +390,7 @@ mod tests {
         report
     }
 
-    fn sample() -> String {
+    pub(super) fn sample() -> String {
         let slots = vec![(2, sample_counters()), (9, sample_counters())];
         let interfaces = interface_counters(&slots, &[attachment("eth0", 2)]);
         let maps = vec![MapFill {
@@ -421,7 +481,21 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let interfaces = [InterfaceCounters {
+            interface: "a\"b\\c\nd".into(),
+            counters: sample_counters(),
+        }];
+        let text = render(&Snapshot {
+            up: true,
+            interfaces: &interfaces,
+            bans_active: 0,
+            maps: &[],
+            health: None,
+            services: &[],
+            known_sources: 0,
+            prefix_bans: 0,
+        });
+        assert!(text.contains("interface=\"a\\\"b\\\\c\\nd\""), "{text}");
     }
 
     #[test]

@@ -190,3 +190,33 @@ impl Drop for Running {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_pool_refuses_at_once_and_the_preferred_pool_is_apart() {
+        let lb: IpAddr = "198.18.5.1".parse().unwrap();
+        let other: IpAddr = "198.18.9.9".parse().unwrap();
+        let pools = Pools::new(2, 1, Some(Arc::new(move |ip| ip == lb)));
+        let held: Vec<_> = (0..2)
+            .map(|_| pools.admit(other).expect("a slot"))
+            .collect();
+        assert!(pools.admit(other).is_none(), "full: refused, not queued");
+        let probe = pools.admit(lb).expect("the preferred pool is apart");
+        assert!(
+            pools.admit(lb).is_none(),
+            "the preferred pool is bounded too"
+        );
+        drop(held);
+        assert!(pools.admit(other).is_some(), "a slot freed is taken again");
+        drop(probe);
+        let none = Pools::new(1, 1, None);
+        let _one = none.admit(lb).expect("a slot");
+        assert!(
+            none.admit(lb).is_none(),
+            "without a priority, every peer is ordinary"
+        );
+    }
+}
