@@ -199,3 +199,46 @@ fn requests_have_a_stable_wire_form() {
         r#"{"error":{"message":"x"}}"#
     );
 }
+
+#[test]
+fn a_client_sending_an_endless_line_is_cut_off_and_the_server_keeps_answering() {
+    let f = fixture();
+    let socket = start(&f);
+    let mut s = UnixStream::connect(&socket).unwrap();
+    s.set_write_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    // Bounded: twice the longest request, in 1 MiB writes, or until the server cuts us off.
+    let chunk = vec![b'x'; 1 << 20];
+    let mut sent = 0usize;
+    let cut_off = loop {
+        if sent >= 2 * MAX_REQUEST {
+            break false;
+        }
+        match s.write_all(&chunk) {
+            Ok(()) => sent += chunk.len(),
+            Err(_) => break true,
+        }
+    };
+    assert!(
+        cut_off,
+        "the server took {sent} bytes of one line without cutting it off"
+    );
+    assert!(
+        sent <= MAX_REQUEST + (8 << 20),
+        "cut off late, after {sent} bytes"
+    );
+    // It said why before closing, if the answer made it through the reset.
+    let mut answer = String::new();
+    if BufReader::new(&s).read_line(&mut answer).is_ok() && !answer.is_empty() {
+        let Response::Error { message } = serde_json::from_str(&answer).unwrap() else {
+            panic!("{answer}")
+        };
+        assert!(message.contains("not one complete line"), "{message}");
+    }
+    drop(s);
+    // And the next client is answered as usual.
+    assert!(matches!(
+        call(&socket, &Request::Status).unwrap(),
+        Reply::Status(_)
+    ));
+}

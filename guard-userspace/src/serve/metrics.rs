@@ -6,12 +6,10 @@
 //! counter` over `guard_packets_total` samples) and which ends in `# EOF`; Prometheus' own
 //! text format names the family as its samples, and promtool's check wants it so. Hand-written
 //! here: that renaming of the counters' HELP and TYPE lines, and leaving out `# EOF`.
-use std::sync::atomic::AtomicU64;
-
 use guard_common::{Counters, capacity::STATS_SLOTS, reason};
 use prometheus_client::{
-    encoding::{EncodeMetric, MetricEncoder},
-    metrics::{MetricType, TypedMetric, counter::Counter, gauge::Gauge},
+    encoding::{EncodeGaugeValue, EncodeMetric, GaugeValueEncoder, MetricEncoder},
+    metrics::{MetricType, TypedMetric, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 
@@ -248,11 +246,7 @@ impl Scrape {
         let family = Ordered(
             samples
                 .into_iter()
-                .map(|(labels, v)| {
-                    let g = Gauge::<i64>::default();
-                    g.set(v);
-                    (labels, g)
-                })
+                .map(|(labels, v)| (labels, ConstGauge::new(v)))
                 .collect(),
         );
         self.registry.register(name, help_text(help), family);
@@ -266,11 +260,7 @@ impl Scrape {
         let family = Ordered(
             samples
                 .into_iter()
-                .map(|(labels, v)| {
-                    let g = Gauge::<f64, AtomicU64>::default();
-                    g.set(v);
-                    (labels, g)
-                })
+                .map(|(labels, v)| (labels, ConstGauge::new(Num(v))))
                 .collect(),
         );
         self.registry.register(name, help_text(help), family);
@@ -285,11 +275,7 @@ impl Scrape {
         let family = Ordered(
             samples
                 .into_iter()
-                .map(|(labels, v)| {
-                    let c = Counter::<u64>::default();
-                    c.inc_by(v);
-                    (labels, c)
-                })
+                .map(|(labels, v)| (labels, ConstCounter::new(v)))
                 .collect(),
         );
         self.registry.register(name, help_text(help), family);
@@ -337,6 +323,22 @@ impl<M: EncodeMetric + TypedMetric> EncodeMetric for Ordered<M> {
 
     fn metric_type(&self) -> MetricType {
         M::TYPE
+    }
+}
+
+/// A float gauge's value, written as an integer when it is one (`1`, not `1.0`), as the
+/// metrics have always read.
+#[derive(Clone, Copy, Debug)]
+struct Num(f64);
+
+impl EncodeGaugeValue for Num {
+    fn encode(&self, encoder: &mut GaugeValueEncoder) -> Result<(), std::fmt::Error> {
+        let v = self.0;
+        if v.is_finite() && v.fract() == 0.0 && v.abs() < 9.0e15 {
+            (v as i64).encode(encoder)
+        } else {
+            v.encode(encoder)
+        }
     }
 }
 

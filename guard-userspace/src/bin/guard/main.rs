@@ -7,6 +7,7 @@ mod lists;
 mod run;
 mod stats;
 mod version;
+mod watch;
 
 use std::{fmt, path::PathBuf, process::ExitCode};
 
@@ -43,7 +44,7 @@ enum Command {
     /// Lift every ban of an address or inside a CIDR.
     Unban(bans::UnbanArgs),
     /// Packet and byte counters by verdict, per interface and in total, and map fill.
-    Stats(ClientArgs),
+    Stats(stats::StatsArgs),
     /// The heaviest sources right now, with their rates.
     Top(stats::TopArgs),
     /// Attached interfaces and modes, dry-run or not, config, uptime.
@@ -145,7 +146,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Allow(cmd) => lists::run(guard::dataplane::List::Allow, cmd),
         Command::Bans(client) => bans::bans(&client),
         Command::Unban(args) => bans::unban(&args),
-        Command::Stats(client) => stats::stats(&client),
+        Command::Stats(args) => stats::stats(&args),
         Command::Top(args) => stats::top(&args),
         Command::Status(client) => stats::status(&client),
         Command::Reload(client) => stats::reload(&client),
@@ -268,6 +269,8 @@ mod tests {
             "guard unban 192.0.2.1",
             "guard stats",
             "guard top -n 5",
+            "guard top --watch",
+            "guard stats --watch --interval 2s",
             "guard status",
             "guard reload",
             "guard detach --pin-dir /sys/fs/bpf/guard",

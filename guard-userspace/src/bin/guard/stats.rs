@@ -1,13 +1,13 @@
 //! `guard stats`, `guard top`, `guard status` and `guard reload`: what the daemon sees and
 //! does, as tables for the operator or JSON for scripts.
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use super::{ClientArgs, Table, print_json, unexpected};
 use guard::{
     config::ConfigSource,
-    control::StatsReport,
+    control::{BanInfo, StatsReport},
     duration::{self, Human},
     rpc::{Reply, Request, TOP_INTERVAL_MS},
 };
@@ -25,20 +25,178 @@ pub struct TopArgs {
         allow_hyphen_values = true
     )]
     interval: String,
+    /// Measure again and again, redrawn in place (q or Ctrl-C quits).
+    #[arg(long)]
+    watch: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
 
-pub fn stats(client: &ClientArgs) -> anyhow::Result<()> {
-    let reply = client.call(&Request::Stats)?;
-    let Reply::Stats(report) = reply else {
-        return Err(unexpected(&reply));
-    };
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// Redraw every --interval with rates per second and the newest bans (q or Ctrl-C quits).
+    #[arg(long)]
+    watch: bool,
+    /// How often --watch redraws: 1s to 10s.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "1s",
+        allow_hyphen_values = true
+    )]
+    interval: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// The bans `guard stats --watch` shows, newest first.
+const WATCH_BANS: usize = 10;
+
+/// An interval of 1s to 10s (`guard top --interval`, `guard stats --interval`).
+fn interval(text: &str) -> anyhow::Result<Duration> {
+    let d = duration::parse(text).context("--interval")?;
+    let ms = d.as_millis() as u64;
+    if !TOP_INTERVAL_MS.contains(&ms) || ms < 1000 {
+        anyhow::bail!("--interval {text}: expected 1s to 10s");
+    }
+    Ok(d)
+}
+
+fn fetch_stats(client: &ClientArgs) -> anyhow::Result<StatsReport> {
+    match client.call(&Request::Stats)? {
+        Reply::Stats(report) => Ok(report),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
+    let StatsArgs {
+        watch,
+        interval: every,
+        client,
+    } = args;
+    if *watch {
+        return watch_stats(client, interval(every)?);
+    }
+    let report = fetch_stats(client)?;
     if client.json {
         return print_json(&report);
     }
     print!("{}", render_stats(&report));
     Ok(())
+}
+
+/// `guard stats --watch`: the counters with their rates since the last frame, the newest
+/// bans, the maps.
+fn watch_stats(client: &ClientArgs, every: Duration) -> anyhow::Result<()> {
+    let mut prev: Option<(StatsReport, Instant)> = None;
+    super::watch::watch(every, |_| {
+        let report = fetch_stats(client)?;
+        let now = Instant::now();
+        if client.json {
+            prev = Some((report.clone(), now));
+            return Ok(format!("{}\n", serde_json::to_string(&report)?));
+        }
+        let bans = match client.call(&Request::Bans)? {
+            Reply::Bans(b) => b,
+            other => return Err(unexpected(&other)),
+        };
+        let since = prev.as_ref().map(|(p, at)| (p, now.duration_since(*at)));
+        let text = render_watch(&report, since, &bans, every);
+        prev = Some((report, now));
+        Ok(text)
+    })
+}
+
+/// One frame of `guard stats --watch`.
+fn render_watch(
+    report: &StatsReport,
+    since: Option<(&StatsReport, Duration)>,
+    bans: &[BanInfo],
+    every: Duration,
+) -> String {
+    let now = guard::state::unix_now();
+    let mut out = format!(
+        "guard stats, every {} (q or Ctrl-C quits)    {}\n\n",
+        Human(every),
+        guard::state::format_unix(now)
+    );
+    if report.dry_run {
+        out.push_str("DRY RUN: nothing is dropped; would_drop counts what would have been\n\n");
+    }
+    // Packets per second of (interface, verdict) since the previous frame.
+    let rate = |iface: &str, reason: Option<&str>, packets: u64| -> String {
+        let Some((prev, dt)) = since else {
+            return "-".into();
+        };
+        let before = prev
+            .interfaces
+            .iter()
+            .chain(std::iter::once(&prev.total))
+            .find(|i| i.iface == iface)
+            .map(|i| match reason {
+                None => i.packets,
+                Some(r) => i
+                    .reasons
+                    .iter()
+                    .find(|x| x.reason == r)
+                    .map_or(0, |x| x.packets),
+            });
+        match before {
+            Some(b) if dt.as_secs_f64() > 0.0 => {
+                format!("{:.0}", packets.saturating_sub(b) as f64 / dt.as_secs_f64())
+            }
+            _ => "-".into(),
+        }
+    };
+    let mut t = Table::new(&["INTERFACE", "VERDICT", "PKT/S", "PACKETS", "BYTES"]);
+    for i in report
+        .interfaces
+        .iter()
+        .chain(std::iter::once(&report.total))
+    {
+        t.row(vec![
+            i.iface.clone(),
+            "all".into(),
+            rate(&i.iface, None, i.packets),
+            i.packets.to_string(),
+            i.bytes.to_string(),
+        ]);
+        for r in i.reasons.iter().filter(|r| r.packets > 0) {
+            t.row(vec![
+                String::new(),
+                r.reason.clone(),
+                rate(&i.iface, Some(&r.reason), r.packets),
+                r.packets.to_string(),
+                r.bytes.to_string(),
+            ]);
+        }
+    }
+    out.push_str(&t.to_string());
+    out.push('\n');
+    let mut newest: Vec<&BanInfo> = bans.iter().collect();
+    newest.sort_by(|a, b| b.since.cmp(&a.since));
+    if newest.is_empty() {
+        out.push_str("no bans\n");
+    } else {
+        let mut b = Table::new(&["BANNED", "REASON", "SINCE", "EXPIRES"]);
+        for ban in newest.iter().take(WATCH_BANS) {
+            b.row(vec![
+                ban.source.to_string(),
+                ban.reason.clone(),
+                super::relative(ban.since, now),
+                super::relative(ban.expires, now),
+            ]);
+        }
+        out.push_str(&b.to_string());
+        if newest.len() > WATCH_BANS {
+            out.push_str(&format!(
+                "... and {} more (`guard bans` lists them all)\n",
+                newest.len() - WATCH_BANS
+            ));
+        }
+    }
+    out
 }
 
 fn render_stats(report: &StatsReport) -> String {
@@ -92,17 +250,36 @@ fn render_stats(report: &StatsReport) -> String {
 pub fn top(args: &TopArgs) -> anyhow::Result<()> {
     let TopArgs {
         count,
-        interval,
+        interval: every,
+        watch,
         client,
     } = args;
-    let d = duration::parse(interval).context("--interval")?;
-    let interval_ms = d.as_millis() as u64;
-    if !TOP_INTERVAL_MS.contains(&interval_ms) || interval_ms < 1000 {
-        anyhow::bail!("--interval {interval}: expected 1s to 10s");
+    let d = interval(every)?;
+    if *watch {
+        // Each frame measures for the interval inside the daemon: no wait between them.
+        return super::watch::watch(Duration::ZERO, |_| {
+            let text = top_frame(client, *count, d)?;
+            Ok(if client.json {
+                text
+            } else {
+                format!(
+                    "guard top, {} sources over {} (q or Ctrl-C quits)    {}\n\n{text}",
+                    count,
+                    Human(d),
+                    guard::state::format_unix(guard::state::unix_now())
+                )
+            })
+        });
     }
+    print!("{}", top_frame(client, *count, d)?);
+    Ok(())
+}
+
+/// One measurement of `guard top`, as its table (or one JSON line).
+fn top_frame(client: &ClientArgs, count: usize, d: Duration) -> anyhow::Result<String> {
     let reply = client.call(&Request::Top {
-        n: *count,
-        interval_ms,
+        n: count,
+        interval_ms: d.as_millis() as u64,
     })?;
     let Reply::Top {
         interval_ms,
@@ -112,11 +289,15 @@ pub fn top(args: &TopArgs) -> anyhow::Result<()> {
         return Err(unexpected(&reply));
     };
     if client.json {
-        return print_json(&serde_json::json!({ "interval_ms": interval_ms, "sources": sources }));
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string(
+                &serde_json::json!({ "interval_ms": interval_ms, "sources": sources })
+            )?
+        ));
     }
     if sources.is_empty() {
-        println!("no traffic in the last {}", Human(d));
-        return Ok(());
+        return Ok(format!("no traffic in the last {}\n", Human(d)));
     }
     let mut t = Table::new(&["SOURCE", "PKT/S", "BYTES/S", "DROPPED/S", "SYN/S", "BANNED"]);
     for s in &sources {
@@ -129,8 +310,7 @@ pub fn top(args: &TopArgs) -> anyhow::Result<()> {
             if s.banned { "yes" } else { "" }.to_string(),
         ]);
     }
-    print!("{t}");
-    Ok(())
+    Ok(t.to_string())
 }
 
 pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
