@@ -1,5 +1,6 @@
 //! The evaluator: one [`HealthReport`] per tick from one [`Inputs`], with hysteresis (a state
-//! gets worse after `fall` samples and better after `rise`), pure over its inputs.
+//! gets worse after `fall` samples and better after `rise`), pure over its inputs. Past 500
+//! lines on purpose: `Evaluator::evaluate` is the policy in order, best read in one piece.
 use super::*;
 
 /// The computed (non-operator) levels, ordered from best to worst.

@@ -175,7 +175,7 @@ fn render_watch(
     out.push_str(&t.to_string());
     out.push('\n');
     let mut newest: Vec<&BanInfo> = bans.iter().collect();
-    newest.sort_by(|a, b| b.since.cmp(&a.since));
+    newest.sort_by_key(|b| std::cmp::Reverse(b.since));
     if newest.is_empty() {
         out.push_str("no bans\n");
     } else {
