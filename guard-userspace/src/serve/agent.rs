@@ -97,9 +97,7 @@ fn sanitise(reason: &str) -> String {
 ///
 /// [`AgentError::Bind`] naming the address when it cannot be bound.
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, AgentError> {
-    std::net::TcpListener::bind(addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| AgentError::Bind { addr, source })
+    super::listen(addr).map_err(|source| AgentError::Bind { addr, source })
 }
 
 /// Answers every connection on `listener` with [`agent_line`] of `report()`, at once, until

@@ -75,9 +75,7 @@ pub enum HttpServerError {
 /// [`HttpServerError::Bind`] naming the address when it cannot be bound (in use, not local,
 /// no permission).
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, HttpServerError> {
-    std::net::TcpListener::bind(addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| HttpServerError::Bind { addr, source })
+    super::listen(addr).map_err(|source| HttpServerError::Bind { addr, source })
 }
 
 /// Serves `listener` until `cancel`: one task per connection, bounded as the module says.

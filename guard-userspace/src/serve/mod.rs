@@ -34,6 +34,42 @@ use tokio_util::sync::CancellationToken;
 /// allow list).
 pub type PriorityFn = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
+/// The listen backlog of the health ports: a burst of connections (a flood of slow clients
+/// reconnecting at once) must not overflow the queue and drop a load balancer's SYN, which
+/// would cost it a second (the first retransmission). std's default is 128.
+pub const BACKLOG: i32 = 4096;
+
+/// A non-blocking TCP listener on `addr` with [`BACKLOG`] (std's `bind` takes no backlog).
+///
+/// # Errors
+///
+/// The socket cannot be made, bound or set listening.
+pub fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, setsockopt, socket,
+        sockopt,
+    };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // As std does: a restarted daemon rebinds at once over connections in TIME_WAIT.
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )?;
+    nix::sys::socket::listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
 /// How long a close waits for what the client still sends, and how many reads it takes.
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_READS: usize = 32;
