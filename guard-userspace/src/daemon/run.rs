@@ -46,6 +46,9 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     // Start-up runs inside the runtime's context (the servers and the check runner are its
     // tasks); its blocking steps (loading, attaching, restoring) run before anything serves.
     let _context = runtime.enter();
+    // The signals first: a SIGTERM during start-up is taken, and acted on once the daemon
+    // serves, rather than killing it half-started.
+    let signals = Signals::new()?;
     let settings = load_settings(&opts)?;
     let interfaces = if settings.datapath.interfaces.is_empty() {
         let found = config::default_route_interfaces()?;
@@ -213,26 +216,57 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     daemon.publish_allow(allow_list(&daemon.lock()));
     // The first evaluation now, so that /metrics shows the data plane from the start.
     daemon.tick();
-    let result = runtime.block_on(serve(Arc::clone(&daemon), listener, socket, ring, logger));
+    let result = runtime.block_on(serve(
+        Arc::clone(&daemon),
+        listener,
+        socket,
+        (ring, logger),
+        signals,
+    ));
     drop(daemon);
     // Tasks still running (a connection mid-answer) are dropped with the runtime, boundedly.
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
 }
 
+/// SIGHUP, SIGTERM and SIGINT, taken by the daemon's signal task.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, DaemonError> {
+        let on = |kind| signal(kind).map_err(DaemonError::Signals);
+        Ok(Self {
+            hup: on(SignalKind::hangup())?,
+            term: on(SignalKind::terminate())?,
+            int: on(SignalKind::interrupt())?,
+        })
+    }
+}
+
+/// The program's two streams: new bans, and its log (if it has aya-log's map).
+type Streams = (
+    Option<RingBuf<MapData>>,
+    Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+);
+
 /// The daemon's tasks, until a signal or `guard detach` cancels them; then waits for them.
 async fn serve(
     daemon: Arc<Daemon<KernelDatapath>>,
     listener: UnixListener,
     socket: PathBuf,
-    ring: Option<RingBuf<MapData>>,
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    (ring, logger): Streams,
+    signals: Signals,
 ) -> Result<(), DaemonError> {
     let stop = daemon.stop.clone();
-    // Signal handlers first: from here on SIGTERM stops us cleanly instead of killing us.
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let Signals {
+        mut hup,
+        mut term,
+        mut int,
+    } = signals;
     let mut tasks = JoinSet::new();
     tasks.spawn(rpc::serve_async(
         listener,

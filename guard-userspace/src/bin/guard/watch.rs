@@ -69,6 +69,18 @@ pub fn watch(
 ) -> anyhow::Result<()> {
     let tty = io::stdout().is_terminal();
     let (quit_tx, quit) = mpsc::channel();
+    // Ctrl-C as a signal too (stdin no terminal, or the key came before the terminal was
+    // set): a quit like `q`, so the terminal is put back and the exit status is 0.
+    let on_signal = quit_tx.clone();
+    std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            && rt.block_on(tokio::signal::ctrl_c()).is_ok()
+        {
+            let _ = on_signal.send(());
+        }
+    });
     let keys = Keys::start(quit_tx);
     let mut out = io::stdout().lock();
     for n in 1u64.. {
@@ -90,15 +102,8 @@ pub fn watch(
         }
         let left = every.saturating_sub(started.elapsed());
         match quit.recv_timeout(left) {
-            Ok(()) => break,
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            // No key reader (stdin is no terminal): only Ctrl-C stops us.
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if keys.saved.is_some() {
-                    break;
-                }
-                std::thread::sleep(left);
-            }
         }
     }
     drop(keys);
