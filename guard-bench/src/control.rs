@@ -111,7 +111,40 @@ fn measure(guard: &Path, section: &mut Section) -> Result<()> {
         http: Some(HEALTH_LISTEN),
         agent: Some(AGENT_LISTEN),
     };
-    let daemon = Daemon::start(guard, &srv, &[&srv_if, &srv_lb_if], &bed.tag, &health, &[])?;
+    let slow = bed.netns("cslo")?;
+    let (srv_slow_if, slow_if) =
+        bed.link(&srv, Some("198.18.5.1/24"), &slow, Some("198.18.5.2/24"))?;
+    let slow_sources: Vec<Ipv4Addr> = (2..12).map(|i| Ipv4Addr::new(198, 18, 5, i)).collect();
+    for a in &slow_sources[1..] {
+        crate::netns::sh(&[
+            "ip",
+            "-n",
+            &slow,
+            "addr",
+            "add",
+            &format!("{a}/24"),
+            "dev",
+            &slow_if,
+        ])?;
+    }
+    crate::netns::sh(&[
+        "ip",
+        "-n",
+        &slow,
+        "route",
+        "add",
+        "198.18.4.0/24",
+        "via",
+        "198.18.5.1",
+    ])?;
+    let daemon = Daemon::start(
+        guard,
+        &srv,
+        &[&srv_if, &srv_lb_if, &srv_slow_if],
+        &bed.tag,
+        &health,
+        &[],
+    )?;
     let pid = daemon.pid();
     let mut t = Table::new(
         "Daemon footprint and control-plane latency",
@@ -134,8 +167,58 @@ fn measure(guard: &Path, section: &mut Section) -> Result<()> {
         verdict(Some(idle_cpu < 1.0)),
     ]);
 
-    // Under a spoofed flood towards the daemon's interface, with the lists still empty so
-    // that the only difference from idle is the flood.
+    // As the operator guide says: the load balancer's own address is on the allow list, so its
+    // checks are never limited, whatever else arrives.
+    daemon.cli_ok(&["allow", "add", "198.18.4.2"])?;
+
+    // Slow and idle clients on the health port: ten sources, more connections in all than the
+    // ordinary pool holds, while the load balancer probes.
+    let per_source = guard::serve::http::MAX_CONNECTIONS / slow_sources.len() + 10;
+    let to: std::net::SocketAddr = HEALTH_LISTEN.parse()?;
+    let srcs = slow_sources.clone();
+    let holders = spawn_in(&slow, move || crate::slow::hold(&srcs, per_source, to, 9));
+    std::thread::sleep(Duration::from_secs(3));
+    let probes = spawn_in(&lb, || probe_latencies(Duration::from_secs(4)));
+    let slow_cpu = cpu_pct(pid, Duration::from_secs(4));
+    let slow_rss = rss_kib(pid);
+    let probes = join(probes);
+    let held = join(holders)?;
+    let (readyz, _) = probes?;
+    let p99 = percentile(&readyz.ok, 0.99);
+    t.row(vec![
+        format!(
+            "`/readyz` latency of the allow-listed load balancer under {} slow and idle clients \
+             ({} connections made by 10 sources), median / p99 / max ({} answered, {} unanswered \
+             in 2 s)",
+            held.slots,
+            held.connections,
+            readyz.ok.len(),
+            readyz.failed
+        ),
+        format!(
+            "{:.2} / {p99:.2} / {:.2} ms",
+            percentile(&readyz.ok, 0.5),
+            readyz.ok.last().copied().unwrap_or(0.0)
+        ),
+        "all answered, p99 < 100 ms".into(),
+        verdict(Some(
+            readyz.failed == 0 && !readyz.ok.is_empty() && p99 < 100.0,
+        )),
+    ]);
+    t.row(vec![
+        "daemon CPU and RSS under the slow clients".into(),
+        format!(
+            "{:.2}% of a core; {:.1} MiB",
+            slow_cpu?,
+            slow_rss? as f64 / 1024.0
+        ),
+        "-".into(),
+        "-".into(),
+    ]);
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Under a spoofed flood towards the daemon's interface, with the lists still empty (but
+    // the load balancer's allow entry) so that the only difference from idle is the flood.
     let frames = Arc::new(Frames::udp(
         mac(&att, &att_if)?,
         mac(&srv, &srv_if)?,
@@ -158,9 +241,6 @@ fn measure(guard: &Path, section: &mut Section) -> Result<()> {
             },
         )
     });
-    // As the operator guide says: the load balancer's own address is on the allow list, so its
-    // checks are never limited, whatever else arrives.
-    daemon.cli_ok(&["allow", "add", "198.18.4.2"])?;
     std::thread::sleep(Duration::from_secs(1));
     // A load balancer's probes during the flood, over its own link.
     let probes = spawn_in(&lb, || probe_latencies(Duration::from_secs(4)));
@@ -272,6 +352,13 @@ fn measure(guard: &Path, section: &mut Section) -> Result<()> {
          flood arrives on the server's other link. (Probes sharing the flooded veth itself mostly \
          wait out SYN retransmissions: on veth the flood overruns the receive ring, which no \
          filter behind it can prevent.)"
+    ));
+    t.note(format!(
+        "The slow clients come from ten addresses of their own link (198.18.5.2 to .11, not \
+         allow-listed), {} connections each to {HEALTH_LISTEN}, half trickling a request head a \
+         byte every 300 ms, half silent, each connecting again when cut off (the header-read \
+         timeout), for 9 s; the load balancer probes in the middle 4 s.",
+        guard::serve::http::MAX_CONNECTIONS / 10 + 10
     ));
     println!("{}", t.markdown());
     section.tables.push(t);

@@ -13,6 +13,7 @@ mod packet;
 mod report;
 mod sender;
 mod signal;
+mod slow;
 
 use std::{fs, path::PathBuf, process::ExitCode, time::Instant};
 

@@ -1,19 +1,15 @@
 //! CIDR prefixes as operators type them (`203.0.113.0/24`, `2001:db8::/32`, or a bare address),
 //! validated at the edge with errors that say what is accepted.
-use std::{
-    fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    str::FromStr,
-};
+//!
+//! The prefix arithmetic is ipnet's ([`IpNet`]); hand-written here only the parsing, which
+//! takes a bare address as a host, refuses IPv4-mapped IPv6 sources, and names what is wrong.
+use std::{fmt, net::IpAddr, str::FromStr};
 
-use guard_common::leading_mask;
+use ipnet::IpNet;
 
 /// An IPv4 or IPv6 prefix with its host bits cleared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CidrError {
@@ -39,49 +35,34 @@ pub enum CidrError {
 impl Cidr {
     /// Builds a prefix, clearing host bits (`198.18.1.7/24` becomes `198.18.1.0/24`).
     pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            return None;
-        }
-        let addr = match addr {
-            IpAddr::V4(a) => {
-                let m = (leading_mask(u32::from(prefix)) >> 32) as u32;
-                IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
-            }
-            IpAddr::V6(a) => {
-                let v = u128::from(a);
-                let m = if prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - u32::from(prefix))
-                };
-                IpAddr::V6(Ipv6Addr::from(v & m))
-            }
-        };
-        Some(Self { addr, prefix })
+        IpNet::new(addr, prefix).ok().map(|n| Self(n.trunc()))
     }
 
     /// A single host: /32 or /128.
     pub fn host(addr: IpAddr) -> Self {
-        let prefix = if addr.is_ipv4() { 32 } else { 128 };
-        Self { addr, prefix }
+        Self(IpNet::from(addr))
     }
 
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.0.network()
     }
 
     pub fn prefix(&self) -> u8 {
-        self.prefix
+        self.0.prefix_len()
     }
 
     pub fn is_ipv4(&self) -> bool {
-        self.addr.is_ipv4()
+        matches!(self.0, IpNet::V4(_))
     }
 
     /// Does this prefix contain `ip`?
     pub fn contains(&self, ip: IpAddr) -> bool {
-        Self::new(ip, self.prefix).is_some_and(|c| c.addr == self.addr)
+        self.0.contains(&ip)
+    }
+
+    /// The prefix as ipnet's type.
+    pub fn net(&self) -> IpNet {
+        self.0
     }
 }
 
@@ -134,7 +115,7 @@ impl FromStr for Cidr {
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        write!(f, "{}/{}", self.addr(), self.prefix())
     }
 }
 

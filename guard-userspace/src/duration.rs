@@ -1,5 +1,10 @@
 //! Durations as operators type them (`90s`, `10m`, `1h30m`, `2d`) for TTLs, and their display,
 //! with errors that name the value and the accepted forms.
+//!
+//! Hand-written here, not humantime: the accepted form is stricter than humantime's (units
+//! d, h, m, s, largest first, once each, no spaces or fractions, at most ten years, so that a
+//! typo is an error rather than a TTL), and the display is that same form (`1h30m`, `2d`),
+//! which humantime's (`1h 30m`, `2days`) is not; both are documented and tested.
 use std::{fmt, str::FromStr, time::Duration};
 
 /// What an error message offers as the accepted forms.

@@ -10,8 +10,8 @@ use std::{
 };
 
 use guard::{
-    agent::{AgentServer, MAX_CONNECTIONS},
     health::{HealthReport, Status},
+    serve::agent::{AgentServer, MAX_CONNECTIONS},
 };
 use support::{WAIT, tcp_accepted, wait_for};
 

@@ -15,9 +15,9 @@ use std::{
 };
 
 use guard::{
-    agent::AgentServer,
     health::{HealthReport, Status},
-    http_server::{Handlers, HttpServer},
+    serve::agent::AgentServer,
+    serve::http::{Handlers, HttpServer},
 };
 
 /// HAProxy in the foreground, killed (by its own pid) on drop.

@@ -63,7 +63,8 @@ pub fn ebpf_object() -> Result<PathBuf> {
 /// Runs the workspace tests (all default members) with the eBPF object, live tests included
 /// unless `skip_live`; `extra` goes to `cargo test` as it is. Needs root.
 pub fn test(skip_live: bool, extra: &[String]) -> Result<()> {
-    prereqs::ensure_debs(prereqs::TEST_DEBS)?;
+    // tmux drives the live views (`guard top --watch`, `guard stats --watch`) in the tests.
+    prereqs::ensure_debs(&[prereqs::TEST_DEBS, &["tmux"]].concat())?;
     let object = ebpf_object()?;
     prereqs::ensure_bpffs()?;
     let mut test = cargo(&["test", "--workspace", "--exclude", "guard-ebpf"]);

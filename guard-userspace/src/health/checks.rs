@@ -1,14 +1,23 @@
 //! Local checks of the service behind the host: a TCP connect or an HTTP GET (http:// only),
 //! each with a timeout, run off the daemon's tick by [`CheckRunner`] so a slow check never stalls it.
+//!
+//! The runner is a task on the daemon's runtime; each round runs every check at once, tcp with
+//! tokio's connect and http with hyper-util's client (URLs parsed as hyper's `Uri`), each
+//! under its timeout.
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream, ToSocketAddrs},
-    sync::{Arc, Mutex, PoisonError, mpsc},
-    thread::JoinHandle,
+    net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
 use serde::{Deserialize, Serialize};
+use tokio::{net::TcpStream, sync::watch, task::JoinHandle};
 
 use super::HealthError;
 
@@ -18,8 +27,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_TIMEOUT_MS: u64 = 30_000;
 /// Most checks a configuration may hold (each round runs them all at once, a thread each).
 pub const MAX_CHECKS: usize = 32;
-/// Bytes of an HTTP response read while looking for the status line.
-const STATUS_LINE_LIMIT: usize = 4096;
 
 /// A check as configured (`[[health.checks]]`), before validation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,50 +83,34 @@ impl HttpUrl {
         if !lower.starts_with("http://") {
             return Err("expected a URL starting with http://");
         }
-        let rest = &url[7..];
-        if rest
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || !b.is_ascii())
-        {
-            return Err("the URL must be ASCII without spaces or control characters");
-        }
-        let rest = rest.split('#').next().unwrap_or("");
-        let split = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, path) = rest.split_at(split);
-        let path = if path.is_empty() {
-            "/".to_string()
-        } else if path.starts_with('?') {
-            format!("/{path}")
-        } else {
-            path.to_string()
-        };
-        if authority.contains('@') {
+        if url.contains('@') {
             return Err("credentials in the URL are not supported");
         }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
-            match after {
-                "" => (host, None),
-                p => (
-                    host,
-                    Some(p.strip_prefix(':').ok_or("expected :PORT after ]")?),
-                ),
-            }
-        } else {
-            match authority.split_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            }
-        };
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|_| "not a valid URL: expected http://HOST[:PORT]/PATH, ASCII, no spaces")?;
+        let authority = uri.authority().ok_or("the URL has no host")?;
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
         if host.is_empty() {
             return Err("the URL has no host");
         }
-        let port = match port {
+        // The port as written (hyper's `port_u16` cannot tell a bad port from none).
+        let text = authority.as_str();
+        let after_host = &text[text.rfind(']').map_or(0, |i| i + 1)..];
+        let port = match after_host.rsplit_once(':') {
             None => 80,
-            Some(p) => match p.parse::<u16>() {
+            Some((_, p)) => match p.parse::<u16>() {
                 Ok(0) | Err(_) => return Err("the port must be a number from 1 to 65535"),
                 Ok(p) => p,
             },
+        };
+        let path = match uri.query() {
+            Some(q) => format!("{}?{q}", uri.path()),
+            None => uri.path().to_string(),
         };
         Ok(Self {
             host: host.to_string(),
@@ -214,16 +205,37 @@ impl LocalCheck {
         }
     }
 
-    /// Runs the check once; returns within about the timeout (name resolution of a host name
-    /// is the system resolver's and is not bounded here: prefer addresses or /etc/hosts names).
+    /// Runs the check once, on a runtime of its own (for callers without one).
     pub fn run(&self) -> CheckResult {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(self.run_async()),
+            Err(e) => self.failed(Duration::ZERO, format!("cannot start a runtime: {e}")),
+        }
+    }
+
+    fn failed(&self, elapsed: Duration, detail: String) -> CheckResult {
+        CheckResult {
+            kind: self.kind(),
+            target: self.target().to_string(),
+            ok: false,
+            elapsed,
+            detail,
+        }
+    }
+
+    /// Runs the check once; returns within about the timeout (name resolution of a host name
+    /// is the system resolver's, on a blocking thread: prefer addresses or /etc/hosts names).
+    pub async fn run_async(&self) -> CheckResult {
         let start = Instant::now();
         let deadline = start + self.timeout();
         let outcome = match self {
-            Self::Tcp { target, .. } => {
-                connect(target, deadline).map(|(addr, _)| format!("connected to {addr}"))
-            }
-            Self::Http { url, .. } => http_get(url, deadline),
+            Self::Tcp { target, .. } => connect(target, deadline)
+                .await
+                .map(|(addr, _)| format!("connected to {addr}")),
+            Self::Http { url, .. } => http_get(url, deadline).await,
         };
         let (ok, detail) = match outcome {
             Ok(d) => (true, d),
@@ -271,67 +283,69 @@ fn remaining(deadline: Instant) -> Option<Duration> {
     (!left.is_zero()).then_some(left)
 }
 
-fn connect(target: &str, deadline: Instant) -> Result<(SocketAddr, TcpStream), String> {
-    let addrs = target
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {target}: {e}"))?;
+async fn connect(target: &str, deadline: Instant) -> Result<(SocketAddr, TcpStream), String> {
+    let timed_out = || format!("timed out connecting to {target}");
+    let left = remaining(deadline).ok_or_else(timed_out)?;
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(left, tokio::net::lookup_host(target))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| format!("cannot resolve {target}: {e}"))?
+        .collect();
     let mut last = format!("{target} resolved to no address");
     // A name may resolve to several addresses; try a few, within the one deadline.
-    for addr in addrs.take(4) {
-        let Some(left) = remaining(deadline) else {
-            return Err(format!("timed out connecting to {target}"));
-        };
-        match TcpStream::connect_timeout(&addr, left) {
-            Ok(s) => return Ok((addr, s)),
-            Err(e) => last = format!("connect to {addr}: {e}"),
+    for addr in addrs.into_iter().take(4) {
+        let left = remaining(deadline).ok_or_else(timed_out)?;
+        match tokio::time::timeout(left, TcpStream::connect(addr)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Ok(s)) => return Ok((addr, s)),
+            Ok(Err(e)) => last = format!("connect to {addr}: {e}"),
         }
     }
     Err(last)
 }
 
-fn http_get(url: &HttpUrl, deadline: Instant) -> Result<String, String> {
+/// The checks' HTTP client: hyper-util's, one request per connection, headers as written.
+fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .http1_title_case_headers(true)
+        .build(connector)
+}
+
+async fn http_get(url: &HttpUrl, deadline: Instant) -> Result<String, String> {
     let authority = url.authority();
-    let (_, mut stream) = connect(&authority, deadline)?;
     let timed_out = || format!("timed out waiting for {authority}");
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: guard-health\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-        url.path
-    );
-    stream
-        .set_write_timeout(Some(remaining(deadline).ok_or_else(timed_out)?))
-        .and_then(|()| stream.write_all(request.as_bytes()))
-        .map_err(|e| format!("sending the request to {authority}: {e}"))?;
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 512];
-    // Bounded by bytes (STATUS_LINE_LIMIT / at least 1 per read) and by the deadline.
-    while !buf.windows(2).any(|w| w == b"\r\n") {
-        if buf.len() >= STATUS_LINE_LIMIT {
-            return Err(format!(
-                "no HTTP status line in the first {STATUS_LINE_LIMIT} bytes"
-            ));
+    let uri: hyper::Uri = format!("http://{authority}{}", url.path)
+        .parse()
+        .map_err(|e| format!("bad URL: {e}"))?;
+    let request = hyper::Request::get(uri)
+        .header("Host", authority.as_str())
+        .header("User-Agent", "guard-health")
+        .header("Accept", "*/*")
+        .header("Connection", "close")
+        .body(Empty::new())
+        .map_err(|e| format!("bad request: {e}"))?;
+    let left = remaining(deadline).ok_or_else(timed_out)?;
+    let response = match tokio::time::timeout(left, client().request(request)).await {
+        Err(_) => return Err(timed_out()),
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) if e.is_connect() => {
+            return Err(format!("connect to {authority}: {}", source_text(&e)));
         }
-        let left = remaining(deadline).ok_or_else(timed_out)?;
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(|e| e.to_string())?;
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(timed_out());
-            }
-            Err(e) => return Err(format!("reading the response from {authority}: {e}")),
+        Ok(Err(e)) => {
+            return Err(
+                match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<hyper::Error>()) {
+                    Some(h) if h.is_parse() || h.is_parse_status() => {
+                        format!("not an HTTP response from {authority}")
+                    }
+                    _ => format!("reading the response from {authority}: {}", source_text(&e)),
+                },
+            );
         }
-    }
-    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    let code =
-        parse_status_line(line).ok_or_else(|| format!("not an HTTP response from {authority}"))?;
+    };
+    let code = response.status().as_u16();
     if (200..400).contains(&code) {
         Ok(format!("HTTP {code}"))
     } else {
@@ -339,284 +353,75 @@ fn http_get(url: &HttpUrl, deadline: Instant) -> Result<String, String> {
     }
 }
 
-/// The status code of `HTTP/1.x NNN reason`.
-fn parse_status_line(line: &[u8]) -> Option<u16> {
-    let line = std::str::from_utf8(line).ok()?.trim_end();
-    let mut parts = line.splitn(3, ' ');
-    if !parts.next()?.starts_with("HTTP/1.") {
-        return None;
+/// The innermost cause of an error, for a one-line detail.
+fn source_text(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(s) = cur.source() {
+        cur = s;
     }
-    let code = parts.next()?;
-    if code.len() != 3 {
-        return None;
-    }
-    code.parse().ok().filter(|c| (100..600).contains(c))
+    cur.to_string()
 }
 
-/// Runs every check at once, a scoped thread each; returns when the slowest has finished.
-pub fn run_all(checks: &[LocalCheck]) -> Vec<CheckResult> {
-    std::thread::scope(|s| {
-        let handles: Vec<_> = checks.iter().map(|c| s.spawn(|| c.run())).collect();
-        handles
-            .into_iter()
-            .zip(checks)
-            .map(|(h, c)| {
-                h.join().unwrap_or_else(|_| CheckResult {
-                    kind: c.kind(),
-                    target: c.target().to_string(),
-                    ok: false,
-                    elapsed: Duration::ZERO,
-                    detail: "the check panicked".to_string(),
-                })
-            })
-            .collect()
-    })
+/// Runs every check at once; returns when the slowest has finished.
+pub async fn run_all(checks: &[LocalCheck]) -> Vec<CheckResult> {
+    futures_util::future::join_all(checks.iter().map(LocalCheck::run_async)).await
 }
 
-struct Shared {
-    checks: Mutex<Arc<Vec<LocalCheck>>>,
-    results: Mutex<Option<Vec<CheckResult>>>,
-}
-
-/// Runs the configured checks every `interval` on its own thread and keeps the latest results.
-/// Dropping it stops the thread (after the round in progress, at most the longest timeout).
+/// Runs the configured checks every `interval` as a task on the current runtime and keeps the
+/// latest results. Dropping it stops the task.
 pub struct CheckRunner {
-    shared: Arc<Shared>,
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    checks: watch::Sender<Arc<Vec<LocalCheck>>>,
+    results: watch::Receiver<Option<Vec<CheckResult>>>,
+    task: JoinHandle<()>,
 }
 
 impl CheckRunner {
-    /// Starts the runner; the first round starts at once.
+    /// Starts the runner on the current tokio runtime; the first round starts at once.
     ///
     /// # Errors
     ///
-    /// The I/O error if the thread cannot be spawned.
+    /// An I/O error if called outside a runtime.
     pub fn spawn(checks: Vec<LocalCheck>, interval: Duration) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared {
-            checks: Mutex::new(Arc::new(checks)),
-            results: Mutex::new(None),
-        });
-        let (stop, stopped) = mpsc::channel::<()>();
-        let worker = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("guard-health-checks".into())
-            .spawn(move || {
-                loop {
-                    let checks =
-                        Arc::clone(&worker.checks.lock().unwrap_or_else(PoisonError::into_inner));
-                    let results = run_all(&checks);
-                    *worker
-                        .results
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(results);
-                    match stopped.recv_timeout(interval) {
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        // A message or a dropped sender: stop.
-                        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|e| std::io::Error::other(format!("the check runner needs a runtime: {e}")))?;
+        let (checks_tx, mut checks_rx) = watch::channel(Arc::new(checks));
+        let (results_tx, results) = watch::channel(None);
+        let task = handle.spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let checks = Arc::clone(&checks_rx.borrow_and_update());
+                let round = run_all(&checks).await;
+                if results_tx.send(Some(round)).is_err() {
+                    break;
                 }
-            })?;
+            }
+        });
         Ok(Self {
-            shared,
-            stop: Some(stop),
-            thread: Some(thread),
+            checks: checks_tx,
+            results,
+            task,
         })
     }
 
     /// The latest round's results; `None` until the first round has finished.
     pub fn results(&self) -> Option<Vec<CheckResult>> {
-        self.shared
-            .results
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.results.borrow().clone()
     }
 
     /// Replaces the checks (a reload); the next round uses them. Results of the old checks stay
     /// until then, so a reload does not send the host back to `starting`.
     pub fn set_checks(&self, checks: Vec<LocalCheck>) {
-        *self
-            .shared
-            .checks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(checks);
+        self.checks.send_replace(Arc::new(checks));
     }
 }
 
 impl Drop for CheckRunner {
     fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.task.abort();
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::TcpListener;
-
-    use super::*;
-
-    fn spec(kind: &str, target: &str) -> CheckSpec {
-        CheckSpec {
-            kind: kind.into(),
-            target: target.into(),
-            timeout_ms: Some(1000),
-        }
-    }
-
-    #[test]
-    fn http_url_parts_are_split_for_the_request() {
-        let u = HttpUrl::parse("http://127.0.0.1:8080/health?full=1").expect("valid");
-        assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str()),
-            ("127.0.0.1", 8080, "/health?full=1")
-        );
-        let u = HttpUrl::parse("HTTP://[::1]/").expect("valid");
-        assert_eq!(
-            (u.host.as_str(), u.port, u.authority()),
-            ("::1", 80, "[::1]:80".into())
-        );
-        assert_eq!(HttpUrl::parse("http://localhost").expect("valid").path, "/");
-        assert_eq!(HttpUrl::parse("http://h?x").expect("valid").path, "/?x");
-    }
-
-    #[test]
-    fn http_url_rejects_https_credentials_bad_ports_and_injection() {
-        for bad in [
-            "https://127.0.0.1/",
-            "ftp://x/",
-            "http://u:p@127.0.0.1/",
-            "http://127.0.0.1:0/",
-            "http://127.0.0.1:99999/",
-            "http:///path",
-            "http://127.0.0.1/a b",
-            "http://127.0.0.1/a\r\nX: y",
-            "http://[::1/",
-        ] {
-            assert!(HttpUrl::parse(bad).is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
-    fn unknown_check_type_names_the_field_and_value() {
-        let err = LocalCheck::from_spec(2, &spec("icmp", "127.0.0.1:1")).expect_err("rejected");
-        assert_eq!(
-            err.to_string(),
-            "health.checks[2].type = \"icmp\": expected \"tcp\" or \"http\""
-        );
-    }
-
-    #[test]
-    fn bad_targets_and_timeouts_are_rejected() {
-        assert!(LocalCheck::from_spec(0, &spec("tcp", "127.0.0.1")).is_err());
-        assert!(LocalCheck::from_spec(0, &spec("tcp", "::1:80")).is_err());
-        assert!(LocalCheck::from_spec(0, &spec("tcp", "[::1]:80")).is_ok());
-        assert!(LocalCheck::from_spec(0, &spec("tcp", "localhost:80")).is_ok());
-        let mut s = spec("tcp", "127.0.0.1:80");
-        s.timeout_ms = Some(0);
-        let err = LocalCheck::from_spec(1, &s).expect_err("zero timeout");
-        assert!(err.to_string().contains("timeout_ms = 0"), "{err}");
-    }
-
-    #[test]
-    fn tcp_check_passes_on_a_listener_and_fails_when_refused() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let check = LocalCheck::from_spec(0, &spec("tcp", &addr)).expect("valid");
-        let r = check.run();
-        assert!(r.ok, "{r:?}");
-        drop(listener);
-        let r = check.run();
-        assert!(!r.ok, "{r:?}");
-        assert!(r.detail.contains("refused"), "{}", r.detail);
-    }
-
-    fn one_shot_http(response: &'static str) -> (String, std::thread::JoinHandle<Vec<u8>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let addr = listener.local_addr().expect("addr");
-        let t = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().expect("accept");
-            s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-            let mut req = vec![0u8; 1024];
-            let n = s.read(&mut req).unwrap_or(0);
-            req.truncate(n);
-            s.write_all(response.as_bytes()).ok();
-            req
-        });
-        (format!("http://{addr}/healthz"), t)
-    }
-
-    #[test]
-    fn http_check_passes_on_2xx_and_sends_a_proper_request() {
-        let (url, t) = one_shot_http("HTTP/1.1 204 No Content\r\n\r\n");
-        let r = LocalCheck::from_spec(0, &spec("http", &url))
-            .expect("valid")
-            .run();
-        assert!(r.ok, "{r:?}");
-        assert_eq!(r.detail, "HTTP 204");
-        let req = String::from_utf8(t.join().expect("server")).expect("ascii");
-        assert!(
-            req.starts_with("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:"),
-            "{req}"
-        );
-        assert!(req.ends_with("Connection: close\r\n\r\n"), "{req}");
-    }
-
-    #[test]
-    fn http_check_fails_on_5xx_and_on_garbage() {
-        let (url, t) = one_shot_http("HTTP/1.0 503 Service Unavailable\r\n\r\n");
-        let r = LocalCheck::from_spec(0, &spec("http", &url))
-            .expect("valid")
-            .run();
-        t.join().ok();
-        assert!(!r.ok);
-        assert_eq!(r.detail, "HTTP 503 (expected 2xx or 3xx)");
-        let (url, t) = one_shot_http("SSH-2.0-OpenSSH\r\n");
-        let r = LocalCheck::from_spec(0, &spec("http", &url))
-            .expect("valid")
-            .run();
-        t.join().ok();
-        assert!(!r.ok);
-        assert!(r.detail.starts_with("not an HTTP response"), "{}", r.detail);
-    }
-
-    #[test]
-    fn http_check_times_out_on_a_silent_server() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let url = format!("http://{}/", listener.local_addr().expect("addr"));
-        let mut s = spec("http", &url);
-        s.timeout_ms = Some(200);
-        let start = Instant::now();
-        // The kernel completes the handshake from the backlog; nobody ever answers.
-        let r = LocalCheck::from_spec(0, &s).expect("valid").run();
-        assert!(!r.ok);
-        assert!(r.detail.contains("timed out"), "{}", r.detail);
-        assert!(start.elapsed() < Duration::from_secs(2));
-        drop(listener);
-    }
-
-    #[test]
-    fn runner_reports_none_before_the_first_round_then_results() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let check = LocalCheck::from_spec(0, &spec("tcp", &addr)).expect("valid");
-        let runner = CheckRunner::spawn(vec![check], Duration::from_millis(50)).expect("spawn");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut results = None;
-        while Instant::now() < deadline {
-            results = runner.results();
-            if results.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let results = results.expect("a round within 5 s");
-        assert_eq!(results.len(), 1);
-        assert!(results[0].ok, "{results:?}");
-        runner.set_checks(Vec::new());
-        drop(runner);
-    }
-}
+mod tests;

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use super::{HealthError, HealthReport, Status};
 
 /// A health-check consumer with its own exit-code convention.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckFormat {
     /// keepalived `vrrp_script`: 0 keeps the priority, anything else is a failure.
     Keepalived,

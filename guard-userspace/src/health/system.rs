@@ -1,5 +1,10 @@
 //! Host headroom samples: CPU time from `/proc/stat`, memory from `/proc/meminfo` and pressure
 //! stall information from `/proc/pressure/*`, read through [`SystemSource`] so tests use fakes.
+//!
+//! Hand-written here: the three small reads, because procfs parses `/proc/stat` and
+//! `/proc/meminfo` whole and fails on any line it expects and a kernel or container lacks
+//! (`btime`, `ctxt`, `Buffers`, ...), none of which we need, and keeps its PSI line parser
+//! private.
 use std::{fs, io, path::PathBuf};
 
 /// Cumulative CPU time of all CPUs, in clock ticks, from the `cpu` line of `/proc/stat`.

@@ -1,0 +1,379 @@
+//! Start-up (settings, state, sockets bound before anything is attached, the program loaded
+//! or adopted, the lists and bans restored) and the daemon's tasks until it stops.
+use std::{os::unix::net::UnixListener, path::PathBuf, sync::Arc, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use sd_notify::NotifyState;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Daemon, DaemonError, Health, RunOptions, SocketFile, TICK, allow_list,
+    listeners::Listeners,
+    load_settings,
+    notify::{sd_notify, watchdog},
+    published::Published,
+};
+use crate::{
+    cidr::Cidr,
+    config::{self, ConfigError, Origin, mode_name},
+    control::Control,
+    dataplane::{self, KernelDatapath, StartOptions, events},
+    duration::Human,
+    rpc::{self, Handler},
+    state::{self, Loaded, Store},
+};
+
+/// Ban events waiting for the tick; more are dropped (and counted), never the bans.
+const BAN_EVENT_QUEUE: usize = 4096;
+
+/// Runs the daemon until SIGTERM, SIGINT or `guard detach`.
+///
+/// # Errors
+///
+/// Any failure to start. Once serving, failures are logged and the daemon carries on.
+pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
+    raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("guard")
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    // Start-up runs inside the runtime's context (the servers and the check runner are its
+    // tasks); its blocking steps (loading, attaching, restoring) run before anything serves.
+    let _context = runtime.enter();
+    // The signals first: a SIGTERM during start-up is taken, and acted on once the daemon
+    // serves, rather than killing it half-started.
+    let signals = Signals::new()?;
+    let settings = load_settings(&opts)?;
+    let interfaces = if settings.datapath.interfaces.is_empty() {
+        let found = config::default_route_interfaces()?;
+        tracing::info!("no interfaces configured: using the default-route interfaces {found:?}");
+        found
+    } else {
+        settings.datapath.interfaces.clone()
+    };
+    tracing::info!("config: {}", settings.source);
+
+    // Read the state before attaching: an unreadable state directory stops us here.
+    let store = Store::new(&settings.state.dir);
+    let saved = match store.load()? {
+        Loaded::Found(s) => {
+            tracing::info!(
+                "state file {}: {} allow, {} deny, {} bans",
+                store.path().display(),
+                s.allow.len(),
+                s.deny.len(),
+                s.bans.len()
+            );
+            Some(s)
+        }
+        Loaded::Missing => {
+            tracing::info!(
+                "no state file at {}: starting from the pinned maps, if any",
+                store.path().display()
+            );
+            None
+        }
+        Loaded::Corrupt { moved_to, error } => {
+            tracing::error!(
+                "THE STATE FILE {} IS CORRUPT ({error}): moved aside to {}; lists and bans are rebuilt from the pinned maps, if any. Inspect the moved file and re-import what is missing.",
+                store.path().display(),
+                moved_to.display()
+            );
+            None
+        }
+    };
+
+    // Bound before touching the maps: a second `guard run` stops here instead of rewriting
+    // the running daemon's config and lists. Clients wait in the backlog until we serve.
+    let socket = settings.control.socket.clone();
+    let listener = rpc::bind(&socket)?;
+    let _socket_file = SocketFile(socket.clone());
+
+    // The health listeners too, before anything is attached: an address in use stops the
+    // start here with nothing left behind. They serve `starting` until the first evaluation.
+    let health_config = settings
+        .health
+        .config()
+        .map_err(|error| ConfigError::Health {
+            origin: Origin::Config {
+                source: settings.source.clone(),
+                line: None,
+            },
+            error,
+        })?;
+    let published = Published::new(state::unix_now());
+    let stop = CancellationToken::new();
+    // The preferred pool follows the allow list once the daemon runs; until then it is empty.
+    let (allow_tx, allow_rx) = watch::channel(Arc::new(Vec::<Cidr>::new()));
+    let priority: crate::serve::PriorityFn =
+        Arc::new(move |ip| allow_rx.borrow().iter().any(|c| c.contains(ip)));
+    let listeners = Listeners::bind(&settings.health, (None, None), &published, &priority, &stop)?;
+    for (what, addr) in [
+        ("health HTTP", listeners.http_addr()),
+        ("HAProxy agent-check", listeners.agent_addr()),
+    ] {
+        match addr {
+            Some(a) => tracing::info!("serving {what} on {a}"),
+            None => tracing::info!("{what} server is off"),
+        }
+    }
+
+    let dataplane::Loaded {
+        datapath,
+        attachments,
+    } = dataplane::start(&StartOptions {
+        interfaces,
+        mode: settings.datapath.mode,
+        pin_dir: settings.datapath.pin_dir.clone(),
+    })?;
+    for a in &attachments {
+        tracing::info!(
+            "attached to {} (ifindex {}) in {} mode{} (requested: {})",
+            a.iface,
+            a.ifindex,
+            a.mode,
+            if a.adopted {
+                ", adopted from the pins"
+            } else {
+                ""
+            },
+            mode_name(settings.datapath.mode)
+        );
+    }
+    let limits = settings.limits;
+    let dry_run = settings.datapath.dry_run;
+    let mut control = Control::new(datapath, settings, attachments);
+    control
+        .apply_kernel_config()
+        .map_err(DaemonError::KernelConfig)?;
+    tracing::info!(
+        "limits: {} pps (burst {}), {} SYN/s (burst {}), bans {}, sources per /{} (IPv4) and /{} (IPv6){}",
+        limits.pps,
+        limits.burst,
+        limits.syn_pps,
+        limits.syn_burst,
+        Human(Duration::from_secs(limits.ban_seconds)),
+        limits.ipv4_prefix,
+        limits.ipv6_prefix,
+        if dry_run {
+            "; DRY RUN: nothing is dropped"
+        } else {
+            ""
+        }
+    );
+    let r = control.restore(saved).map_err(DaemonError::Restore)?;
+    control
+        .apply_services()
+        .map_err(DaemonError::KernelConfig)?;
+    for svc in &control.settings().services {
+        tracing::info!(
+            "service {}: {}/{}, ceiling {}",
+            svc.name,
+            svc.protocol.name(),
+            svc.port,
+            svc.max_pps
+                .map_or_else(|| "learned".to_string(), |c| format!("{c} packets/s"))
+        );
+    }
+    tracing::info!(
+        "restored {} allow and {} deny entries and {} bans{}{}{}",
+        r.allow,
+        r.deny,
+        r.bans,
+        if r.from_maps {
+            " from the pinned maps"
+        } else {
+            ""
+        },
+        if r.expired > 0 {
+            format!("; {} had expired while the daemon was down", r.expired)
+        } else {
+            String::new()
+        },
+        if r.stale_removed > 0 {
+            format!(
+                "; {} map entries not in the state file were removed",
+                r.stale_removed
+            )
+        } else {
+            String::new()
+        }
+    );
+
+    let ring = control.datapath_mut().take_event_ring();
+    let logger = control.datapath_mut().take_logger();
+    let health = Health::new(health_config, listeners).map_err(DaemonError::Checks)?;
+    let mut daemon = Daemon::new(control, opts, dataplane::detach, health, published);
+    daemon.stop = stop;
+    daemon.allow = allow_tx;
+    let daemon = Arc::new(daemon);
+    daemon.publish_allow(allow_list(&daemon.lock()));
+    // The first evaluation now, so that /metrics shows the data plane from the start.
+    daemon.tick();
+    let result = runtime.block_on(serve(
+        Arc::clone(&daemon),
+        listener,
+        socket,
+        (ring, logger),
+        signals,
+    ));
+    drop(daemon);
+    // Tasks still running (a connection mid-answer) are dropped with the runtime, boundedly.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+/// SIGHUP, SIGTERM and SIGINT, taken by the daemon's signal task.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, DaemonError> {
+        let on = |kind| signal(kind).map_err(DaemonError::Signals);
+        Ok(Self {
+            hup: on(SignalKind::hangup())?,
+            term: on(SignalKind::terminate())?,
+            int: on(SignalKind::interrupt())?,
+        })
+    }
+}
+
+/// The program's two streams: new bans, and its log (if it has aya-log's map).
+type Streams = (
+    Option<RingBuf<MapData>>,
+    Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+);
+
+/// The daemon's tasks, until a signal or `guard detach` cancels them; then waits for them.
+async fn serve(
+    daemon: Arc<Daemon<KernelDatapath>>,
+    listener: UnixListener,
+    socket: PathBuf,
+    (ring, logger): Streams,
+    signals: Signals,
+) -> Result<(), DaemonError> {
+    let stop = daemon.stop.clone();
+    let Signals {
+        mut hup,
+        mut term,
+        mut int,
+    } = signals;
+    let mut tasks = JoinSet::new();
+    tasks.spawn(rpc::serve_async(
+        listener,
+        Arc::clone(&daemon) as Arc<dyn Handler>,
+        stop.clone(),
+    ));
+    tracing::info!("serving {}", socket.display());
+    if let Some(ring) = ring {
+        let (tx, rx) = mpsc::channel(BAN_EVENT_QUEUE);
+        *daemon.ban_events.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            if let Err(e) = events::read_bans(ring, tx, stop).await {
+                tracing::error!("reading the ban events: {e}");
+            }
+        });
+    }
+    if let Some(logger) = logger {
+        tracing::info!("reading the XDP program's log");
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            if let Err(e) = events::read_logs(logger, stop).await {
+                tracing::warn!("reading the XDP program's log: {e}");
+            }
+        });
+    }
+    tasks.spawn(tick_loop(Arc::clone(&daemon)));
+    // Signals: the daemon's own task.
+    let signals = {
+        let daemon = Arc::clone(&daemon);
+        async move {
+            loop {
+                tokio::select! {
+                    () = daemon.stop.cancelled() => break,
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        // Errors are logged inside.
+                        let _ = daemon.reload().await;
+                    }
+                    _ = term.recv() => {
+                        stopping("SIGTERM");
+                        daemon.stop.cancel();
+                    }
+                    _ = int.recv() => {
+                        stopping("SIGINT");
+                        daemon.stop.cancel();
+                    }
+                }
+            }
+        }
+    };
+    tasks.spawn(signals);
+    match sd_notify(&[NotifyState::Ready]) {
+        Ok(true) => tracing::debug!("told systemd we are ready"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("cannot notify systemd (NOTIFY_SOCKET): {e}"),
+    }
+    stop.cancelled().await;
+    let _ = sd_notify(&[NotifyState::Stopping]);
+    while tasks.join_next().await.is_some() {}
+    let listeners = std::mem::take(&mut daemon.lock_health().listeners);
+    listeners.close().await;
+    Ok(())
+}
+
+fn stopping(signal: &str) {
+    tracing::info!(
+        "{signal}: stopping; the program stays attached and keeps protecting (`guard detach` removes it)"
+    );
+}
+
+/// The one-second tick as a task: the work on a blocking thread, one tick at a time, no
+/// burst of catch-up ticks after a stall.
+async fn tick_loop(daemon: Arc<Daemon<KernelDatapath>>) {
+    let watchdog = watchdog().is_some();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = daemon.stop.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        let d = Arc::clone(&daemon);
+        let sound = tokio::task::spawn_blocking(move || {
+            let sound = d.tick();
+            d.publish_allow(allow_list(&d.lock()));
+            sound
+        })
+        .await
+        .unwrap_or(false);
+        // systemd's watchdog (WatchdogSec=) hears from us only while the loop is sound; a
+        // daemon stuck or unable to read its maps is restarted, and the pinned program
+        // keeps protecting meanwhile.
+        if sound && watchdog {
+            let _ = sd_notify(&[NotifyState::Watchdog]);
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: every health client is a descriptor
+/// (systemd's default soft limit is 1024, its hard limit far higher).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+    }
+}

@@ -1,0 +1,154 @@
+//! Whether the XDP program is still attached where the daemon attached it, asked of the kernel
+//! each health tick: the pinned link's info (`BPF_OBJ_GET_INFO_BY_FD`) names its interface.
+//!
+//! A link whose interface was deleted, or that someone detached (`bpftool link detach`), stays
+//! pinned but reports interface 0; an interface deleted and made anew under the same name has
+//! a new index. Either way the program no longer sees that interface's packets.
+//!
+//! Hand-written here: the two bpf(2) calls (`BPF_OBJ_GET`, `BPF_OBJ_GET_INFO_BY_FD`), because
+//! aya 0.14's `LinkInfo` has no XDP ifindex and its `FdLink` does not lend its descriptor.
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Path, PathBuf},
+};
+
+use crate::dataplane::versioned_dir;
+
+/// `BPF_OBJ_GET` and `BPF_OBJ_GET_INFO_BY_FD` from `<linux/bpf.h>`.
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// `BPF_LINK_TYPE_XDP`.
+const BPF_LINK_TYPE_XDP: u32 = 6;
+/// `struct bpf_link_info`: `type`, `id`, `prog_id` (u32 each), then a union aligned to 8
+/// bytes whose `xdp` member starts with `ifindex`.
+const LINK_INFO_TYPE: usize = 0;
+const LINK_INFO_XDP_IFINDEX: usize = 16;
+
+/// The outcome of one check, with what was found for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    pub attached: bool,
+    pub detail: String,
+}
+
+impl LinkState {
+    fn no(detail: String) -> Self {
+        Self {
+            attached: false,
+            detail,
+        }
+    }
+}
+
+/// The pin of `iface`'s link under `pin_dir` (`<pin_dir>/v<N>/links/<iface>@<mode>`).
+pub fn link_pin(pin_dir: &Path, iface: &str) -> Option<PathBuf> {
+    crate::dataplane::link_pins(&versioned_dir(pin_dir).join("links"))
+        .into_iter()
+        .find_map(|(i, _, path)| (i == iface).then_some(path))
+}
+
+/// Is the program attached to `iface` (in this network namespace) through its pinned link?
+pub fn check(pin_dir: &Path, iface: &str) -> LinkState {
+    let Some(pin) = link_pin(pin_dir, iface) else {
+        return LinkState::no(format!(
+            "no pinned link for {iface} under {}",
+            versioned_dir(pin_dir).join("links").display()
+        ));
+    };
+    let Some(ifindex) = if_index(iface) else {
+        return LinkState::no(format!("interface {iface} does not exist"));
+    };
+    match link_ifindex(&pin) {
+        Ok(Some(0)) => LinkState::no(format!(
+            "the link {} is detached (its interface went away or it was detached)",
+            pin.display()
+        )),
+        Ok(Some(i)) if i == ifindex => LinkState {
+            attached: true,
+            detail: format!("link {} on ifindex {i}", pin.display()),
+        },
+        Ok(Some(i)) => LinkState::no(format!(
+            "the link {} is on ifindex {i}, but {iface} is now ifindex {ifindex}",
+            pin.display()
+        )),
+        Ok(None) => LinkState::no(format!("{} is not an XDP link", pin.display())),
+        Err(e) => LinkState::no(format!("cannot read the link {}: {e}", pin.display())),
+    }
+}
+
+fn if_index(iface: &str) -> Option<u32> {
+    super::kernel::if_index(iface)
+}
+
+/// The interface index of the XDP link pinned at `pin`; `None` if it is another kind of link.
+pub(crate) fn link_ifindex(pin: &Path) -> io::Result<Option<u32>> {
+    let path = CString::new(pin.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the pin path"))?;
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags. The rest stays zero,
+    // as the kernel requires of the bytes it does not use.
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+
+    let mut info = [0u8; 256];
+    // union bpf_attr for BPF_OBJ_GET_INFO_BY_FD: bpf_fd (u32), info_len (u32), info (u64).
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(fd.as_raw_fd() as u32) | (info.len() as u64) << 32;
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let word = |at: usize| u32::from_ne_bytes([info[at], info[at + 1], info[at + 2], info[at + 3]]);
+    if word(LINK_INFO_TYPE) != BPF_LINK_TYPE_XDP {
+        return Ok(None);
+    }
+    Ok(Some(word(LINK_INFO_XDP_IFINDEX)))
+}
+
+/// The bpf(2) system call with an attribute block of 128 bytes.
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<RawFd> {
+    // SAFETY: `attr` is a valid, writable block of the size passed; the pointers inside it
+    // (a path, an info buffer) are valid for the call's duration, as the callers ensure.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr) as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as RawFd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_pin_is_not_attached_and_says_where_it_looked() {
+        let s = check(Path::new("/nonexistent/guard"), "eth0");
+        assert!(!s.attached);
+        assert!(s.detail.contains("/nonexistent/guard/v"), "{}", s.detail);
+    }
+
+    #[test]
+    fn a_pin_that_is_not_a_bpf_object_is_not_attached() {
+        let dir = std::env::temp_dir().join(format!("guard-xdp-link-{}", std::process::id()));
+        let links = versioned_dir(&dir).join("links");
+        std::fs::create_dir_all(&links).unwrap();
+        std::fs::write(links.join("lo@generic"), b"").unwrap();
+        let s = check(&dir, "lo");
+        assert!(!s.attached);
+        assert!(s.detail.starts_with("cannot read the link"), "{}", s.detail);
+        assert!(!check(&dir, "nosuchif0").attached);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

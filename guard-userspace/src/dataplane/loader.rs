@@ -1,0 +1,402 @@
+//! Loading the embedded XDP object, attaching it (native, falling back to generic), pinning it
+//! so protection survives the daemon, adopting a previous run's pins, and detaching for good.
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    EbpfLoader,
+    maps::MapType,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use guard_common::{
+    Ban, Config, Counters, CpuState, Known, LAYOUT_VERSION, ListEntry, PROGRAM_NAME, PrefixState,
+    Service, ServiceStats, SourceState, capacity, map_names,
+};
+
+use super::{KernelDatapath, kernel::*, pins::*, types::*};
+
+/// The compiled guard-ebpf object, embedded at build time (see build.rs).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard.bpf.o"));
+
+/// Where bpffs is mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Mounts bpffs at /sys/fs/bpf unless something is mounted there already.
+///
+/// # Errors
+/// When the mount fails (not root, or no bpffs in this kernel).
+pub fn ensure_bpffs() -> Result<(), LoadError> {
+    let mounts = procfs::mounts().map_err(|e| LoadError::Io {
+        op: "read",
+        path: "/proc/self/mounts".into(),
+        source: io::Error::other(e),
+    })?;
+    if mounts
+        .iter()
+        .any(|m| m.fs_file == BPFFS && m.fs_vfstype == "bpf")
+    {
+        return Ok(());
+    }
+    fs::create_dir_all(BPFFS).map_err(LoadError::Mount)?;
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| LoadError::Mount(e.into()))
+}
+
+/// `BPF_F_MMAPABLE`, the seen filter's map flag.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// What each map must look like to be reused: type, key size, value size, capacity.
+pub(super) fn expected_layout(name: &str) -> Option<(MapType, u32, u32, u32)> {
+    use std::mem::size_of;
+    let sz = |n: usize| n as u32;
+    let trie = |v4: bool, cap| {
+        (
+            MapType::LpmTrie,
+            if v4 { 8 } else { 20 },
+            sz(size_of::<ListEntry>()),
+            cap,
+        )
+    };
+    Some(match name {
+        map_names::CONFIG => (MapType::Array, 4, sz(size_of::<Config>()), 2),
+        map_names::CONFIG_SLOT => (MapType::Array, 4, 4, 1),
+        map_names::STATS => (
+            MapType::PerCpuArray,
+            4,
+            sz(size_of::<Counters>()),
+            capacity::STATS_SLOTS,
+        ),
+        map_names::ALLOW_V4 => trie(true, capacity::ALLOW_V4),
+        map_names::ALLOW_V6 => trie(false, capacity::ALLOW_V6),
+        map_names::DENY_V4 => trie(true, capacity::DENY_V4),
+        map_names::DENY_V6 => trie(false, capacity::DENY_V6),
+        map_names::PREFIX_BANS_V4 => trie(true, capacity::PREFIX_BANS_V4),
+        map_names::PREFIX_BANS_V6 => trie(false, capacity::PREFIX_BANS_V6),
+        map_names::SOURCES => (
+            MapType::LruHash,
+            16,
+            sz(size_of::<SourceState>()),
+            capacity::SOURCES,
+        ),
+        map_names::BANS => (MapType::Hash, 16, sz(size_of::<Ban>()), capacity::BANS),
+        map_names::EVENTS => (MapType::RingBuf, 0, 0, capacity::EVENTS),
+        map_names::KNOWN => (MapType::Hash, 16, sz(size_of::<Known>()), capacity::KNOWN),
+        map_names::PREFIXES => (
+            MapType::LruHash,
+            16,
+            sz(size_of::<PrefixState>()),
+            capacity::PREFIXES,
+        ),
+        map_names::SERVICE_PORTS => (MapType::Array, 4, 4, capacity::SERVICE_PORTS),
+        map_names::SERVICES => (
+            MapType::Array,
+            4,
+            sz(size_of::<Service>()),
+            capacity::SERVICES,
+        ),
+        map_names::SERVICE_STATS => (
+            MapType::PerCpuArray,
+            4,
+            sz(size_of::<ServiceStats>()),
+            capacity::SERVICES,
+        ),
+        map_names::CPU_STATE => (MapType::PerCpuArray, 4, sz(size_of::<CpuState>()), 1),
+        map_names::COOKIE_PROGS => (MapType::ProgramArray, 4, 4, 1),
+        map_names::SEEN => (MapType::Array, 4, 8, capacity::SEEN),
+        _ => return None,
+    })
+}
+
+/// True if every pinned map under `dir` matches the layout this binary expects.
+pub(super) fn pins_compatible(dir: &Path) -> Result<bool, String> {
+    for name in map_names::ALL {
+        let path = dir.join("maps").join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info =
+            aya::maps::MapInfo::from_pin(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let Some((ty, k, v, max)) = expected_layout(name) else {
+            return Ok(false);
+        };
+        let same = info.map_type().ok() == Some(ty)
+            && info.key_size() == k
+            && info.value_size() == v
+            && info.max_entries() == max
+            // The seen filter is memory-mapped: a pin without the flag cannot be.
+            && (name != map_names::SEEN || info.map_flags() & BPF_F_MMAPABLE != 0);
+        if !same {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+pub(super) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LoadError + use<> {
+    let path = path.to_path_buf();
+    move |source| LoadError::Io { op, path, source }
+}
+
+/// Loads the program. With `pin_dir`, each map is adopted from `<dir>/maps/<NAME>` if pinned
+/// there (keeping its contents) and pinned there if not.
+///
+/// # Errors
+/// When the object is missing, or the kernel refuses a map or the program.
+pub fn load(pin_dir: Option<&Path>) -> Result<KernelDatapath, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<(&str, PathBuf)> = match pin_dir {
+        Some(dir) => map_names::ALL
+            .iter()
+            .map(|n| (*n, dir.join("maps").join(n)))
+            .collect(),
+        None => Vec::new(),
+    };
+    if let Some(dir) = pin_dir {
+        let maps = dir.join("maps");
+        fs::create_dir_all(&maps).map_err(io_err("create", &maps))?;
+    }
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    // The level of the program's own log lines (aya-log), fixed at load time; harmless when
+    // the object has no such global.
+    let level = super::events::ebpf_log_level();
+    loader.override_global(aya_log::LEVEL, &level, false);
+    let (object, kfunc) = super::cookies::patch_kfunc(OBJECT);
+    let mut ebpf = loader.load(&object).map_err(LoadError::Load)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_NAME)
+        .ok_or(LoadError::Missing("program"))?
+        .try_into()
+        .map_err(LoadError::Program)?;
+    program.load().map_err(LoadError::Program)?;
+    let cookies = super::cookies::load_stages(&mut ebpf, kfunc);
+    match &cookies {
+        Ok(()) => tracing::debug!("SYN cookies at the NIC: available"),
+        Err(why) => tracing::info!("SYN cookies at the NIC are unavailable: {why}"),
+    }
+    let mut dp = KernelDatapath::new(ebpf)?;
+    dp.cookies = cookies;
+    Ok(dp)
+}
+
+/// Loads (or adopts) the program and maps and attaches to every interface.
+///
+/// Pinned state of a previous run is adopted when its layout matches: the maps (lists, bans,
+/// counters) are reused and each pinned link gets the new program atomically
+/// (`BPF_LINK_UPDATE`), so protection never lapses. Incompatible pins are removed first.
+/// Links pinned for interfaces no longer configured are removed (detached).
+///
+/// # Errors
+/// When bpffs cannot be mounted, the program cannot be loaded, or an interface cannot be
+/// attached in the requested mode.
+pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
+    ensure_bpffs()?;
+    let dir = versioned_dir(&opts.pin_dir);
+    match pins_compatible(&dir) {
+        Ok(true) => {}
+        Ok(false) | Err(_) => {
+            tracing::warn!(
+                "pinned state under {} does not match this version's layout; replacing it",
+                dir.display()
+            );
+            remove_pins(&dir)?;
+        }
+    }
+    let mut datapath = load(Some(&dir))?;
+    let links_dir = dir.join("links");
+    fs::create_dir_all(&links_dir).map_err(io_err("create", &links_dir))?;
+    migrate_older_layouts(&opts.pin_dir, &links_dir)?;
+    let pinned = link_pins(&links_dir);
+    let mut attachments = Vec::new();
+    for iface in &opts.interfaces {
+        let ifindex = if_index(iface).ok_or_else(|| LoadError::NoInterface {
+            iface: iface.clone(),
+        })?;
+        let program = datapath.program_mut()?;
+        if let Some((_, mode, path)) = pinned.iter().find(|(i, _, _)| i == iface) {
+            // Adopt only a link still on this interface (not one severed by the interface
+            // going away and coming back under the same name) in the mode asked for.
+            let on_iface =
+                crate::dataplane::link::link_ifindex(path).ok().flatten() == Some(ifindex);
+            let mode_ok = match opts.mode {
+                AttachMode::Auto => true,
+                AttachMode::Native => mode == "native",
+                AttachMode::Generic => mode == "generic",
+            };
+            let adopted = if on_iface && mode_ok {
+                // Swap the new program into the pinned link in place: no gap.
+                PinnedLink::from_pin(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|pl| XdpLink::try_from(FdLink::from(pl)).map_err(|e| e.to_string()))
+                    .and_then(|link| program.attach_to_link(link).map_err(|e| e.to_string()))
+            } else if !on_iface {
+                Err(format!("it is no longer on {iface} (ifindex {ifindex})"))
+            } else {
+                Err(format!("it is in {mode} mode"))
+            };
+            match adopted {
+                Ok(_) => {
+                    attachments.push(Attachment {
+                        iface: iface.clone(),
+                        ifindex,
+                        mode: mode.clone(),
+                        adopted: true,
+                    });
+                    continue;
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        "not adopting the pinned link {} ({why}); attaching afresh",
+                        path.display()
+                    );
+                    fs::remove_file(path).map_err(io_err("remove", path))?;
+                }
+            }
+        }
+        let tries: &[(XdpMode, &str)] = match opts.mode {
+            AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+            AttachMode::Native => &[(XdpMode::Driver, "native")],
+            AttachMode::Generic => &[(XdpMode::Skb, "generic")],
+        };
+        let mut last_err = None;
+        let mut done = None;
+        for (mode, label) in tries {
+            match program.attach(iface, *mode) {
+                Ok(id) => {
+                    done = Some((id, *label));
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!("{iface}: {label} XDP unavailable: {e}");
+                    last_err = Some((*label, e));
+                }
+            }
+        }
+        let Some((id, label)) = done else {
+            let (mode, source) = last_err.expect("at least one mode was tried");
+            return Err(LoadError::Attach {
+                iface: iface.clone(),
+                mode,
+                source,
+            });
+        };
+        let link = program.take_link(id).map_err(LoadError::Program)?;
+        let fd_link: FdLink = link.try_into().map_err(|e| {
+            LoadError::Link(format!(
+                "{iface}: the kernel attached without a BPF link ({e}); cannot pin it"
+            ))
+        })?;
+        let path = links_dir.join(link_pin_name(iface, label));
+        fd_link
+            .pin(&path)
+            .map_err(|e| LoadError::Link(format!("pinning {}: {e}", path.display())))?;
+        attachments.push(Attachment {
+            iface: iface.clone(),
+            ifindex,
+            mode: label.to_string(),
+            adopted: false,
+        });
+    }
+    // Interfaces a previous run attached to but that are no longer configured.
+    for (iface, _, path) in &pinned {
+        if !opts.interfaces.contains(iface) {
+            tracing::info!("{iface}: no longer configured; detaching");
+            fs::remove_file(path).map_err(io_err("remove", path))?;
+        }
+    }
+    Ok(Loaded {
+        datapath,
+        attachments,
+    })
+}
+
+/// An upgrade from an older layout (`<pin_dir>/v<N>` with N below this one): its pinned links
+/// move into this layout's `links/`, where `start` adopts them like its own and swaps the new
+/// program in (`BPF_LINK_UPDATE`), so no interface is ever left without the guard; its maps are
+/// unpinned (the daemon restores the lists and bans from the state file). Returns the
+/// interfaces whose links moved.
+pub(super) fn migrate_older_layouts(
+    pin_dir: &Path,
+    links_dir: &Path,
+) -> Result<Vec<String>, LoadError> {
+    let mut moved = Vec::new();
+    for version in 1..LAYOUT_VERSION {
+        let old = pin_dir.join(format!("v{version}"));
+        if !old.exists() {
+            continue;
+        }
+        for (iface, mode, path) in link_pins(&old.join("links")) {
+            let to = links_dir.join(link_pin_name(&iface, &mode));
+            if to.exists() {
+                // This layout pinned it already: the old pin is a second reference.
+                fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                continue;
+            }
+            fs::rename(&path, &to).map_err(io_err("move", &path))?;
+            moved.push(iface);
+        }
+        remove_pins(&old)?;
+        tracing::warn!(
+            "upgraded the pins of layout v{version} under {}: {} link(s) adopted, its maps removed (lists and bans come from the state file)",
+            old.display(),
+            moved.len()
+        );
+    }
+    Ok(moved)
+}
+
+pub(super) fn remove_pins(dir: &Path) -> Result<Vec<String>, LoadError> {
+    let mut detached = Vec::new();
+    for (iface, _, path) in link_pins(&dir.join("links")) {
+        fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        detached.push(iface);
+    }
+    for sub in ["links", "maps"] {
+        let d = dir.join(sub);
+        if let Ok(rd) = fs::read_dir(&d) {
+            for e in rd.filter_map(Result::ok) {
+                fs::remove_file(e.path()).map_err(io_err("remove", &e.path()))?;
+            }
+            fs::remove_dir(&d).map_err(io_err("remove", &d))?;
+        }
+    }
+    if dir.exists() {
+        fs::remove_dir(dir).map_err(io_err("remove", dir))?;
+    }
+    Ok(detached)
+}
+
+/// Detaches from every interface and removes the pins for good. Returns the interfaces it
+/// detached from.
+///
+/// # Errors
+/// When a pin cannot be removed.
+pub fn detach(pin_dir: &Path) -> Result<Vec<String>, LoadError> {
+    let mut detached = remove_pins(&versioned_dir(pin_dir))?;
+    // An older layout's pins too (a host that never ran the daemon since an upgrade).
+    for version in 1..LAYOUT_VERSION {
+        let old = pin_dir.join(format!("v{version}"));
+        if old.exists() {
+            detached.extend(remove_pins(&old)?);
+        }
+    }
+    // The root too, if nothing else lives there.
+    let _ = fs::remove_dir(pin_dir);
+    Ok(detached)
+}
