@@ -171,52 +171,6 @@ fn measure(guard: &Path, section: &mut Section) -> Result<()> {
     // checks are never limited, whatever else arrives.
     daemon.cli_ok(&["allow", "add", "198.18.4.2"])?;
 
-    // Slow and idle clients on the health port: ten sources, more connections in all than the
-    // ordinary pool holds, while the load balancer probes.
-    let per_source = guard::serve::http::MAX_CONNECTIONS / slow_sources.len() + 10;
-    let to: std::net::SocketAddr = HEALTH_LISTEN.parse()?;
-    let srcs = slow_sources.clone();
-    let holders = spawn_in(&slow, move || crate::slow::hold(&srcs, per_source, to, 9));
-    std::thread::sleep(Duration::from_secs(3));
-    let probes = spawn_in(&lb, || probe_latencies(Duration::from_secs(4)));
-    let slow_cpu = cpu_pct(pid, Duration::from_secs(4));
-    let slow_rss = rss_kib(pid);
-    let probes = join(probes);
-    let held = join(holders)?;
-    let (readyz, _) = probes?;
-    let p99 = percentile(&readyz.ok, 0.99);
-    t.row(vec![
-        format!(
-            "`/readyz` latency of the allow-listed load balancer under {} slow and idle clients \
-             ({} connections made by 10 sources), median / p99 / max ({} answered, {} unanswered \
-             in 2 s)",
-            held.slots,
-            held.connections,
-            readyz.ok.len(),
-            readyz.failed
-        ),
-        format!(
-            "{:.2} / {p99:.2} / {:.2} ms",
-            percentile(&readyz.ok, 0.5),
-            readyz.ok.last().copied().unwrap_or(0.0)
-        ),
-        "all answered, p99 < 100 ms".into(),
-        verdict(Some(
-            readyz.failed == 0 && !readyz.ok.is_empty() && p99 < 100.0,
-        )),
-    ]);
-    t.row(vec![
-        "daemon CPU and RSS under the slow clients".into(),
-        format!(
-            "{:.2}% of a core; {:.1} MiB",
-            slow_cpu?,
-            slow_rss? as f64 / 1024.0
-        ),
-        "-".into(),
-        "-".into(),
-    ]);
-    std::thread::sleep(Duration::from_secs(3));
-
     // Under a spoofed flood towards the daemon's interface, with the lists still empty (but
     // the load balancer's allow entry) so that the only difference from idle is the flood.
     let frames = Arc::new(Frames::udp(
@@ -286,6 +240,51 @@ fn measure(guard: &Path, section: &mut Section) -> Result<()> {
             verdict(Some(met)),
         ]);
     }
+    // Slow and idle clients on the health port: ten sources, more connections in all than the
+    // ordinary pool holds, while the load balancer probes.
+    let per_source = guard::serve::http::MAX_CONNECTIONS / slow_sources.len() + 10;
+    let to: std::net::SocketAddr = HEALTH_LISTEN.parse()?;
+    let srcs = slow_sources.clone();
+    let holders = spawn_in(&slow, move || crate::slow::hold(&srcs, per_source, to, 9));
+    std::thread::sleep(Duration::from_secs(3));
+    let probes = spawn_in(&lb, || probe_latencies(Duration::from_secs(4)));
+    let slow_cpu = cpu_pct(pid, Duration::from_secs(4));
+    let slow_rss = rss_kib(pid);
+    let probes = join(probes);
+    let held = join(holders)?;
+    let (readyz, _) = probes?;
+    let p99 = percentile(&readyz.ok, 0.99);
+    t.row(vec![
+        format!(
+            "`/readyz` latency of the allow-listed load balancer under {} slow and idle clients \
+             ({} connections made by 10 sources), median / p99 / max ({} answered, {} unanswered \
+             in 2 s)",
+            held.slots,
+            held.connections,
+            readyz.ok.len(),
+            readyz.failed
+        ),
+        format!(
+            "{:.2} / {p99:.2} / {:.2} ms",
+            percentile(&readyz.ok, 0.5),
+            readyz.ok.last().copied().unwrap_or(0.0)
+        ),
+        "all answered, p99 < 100 ms".into(),
+        verdict(Some(
+            readyz.failed == 0 && !readyz.ok.is_empty() && p99 < 100.0,
+        )),
+    ]);
+    t.row(vec![
+        "daemon CPU and RSS under the slow clients".into(),
+        format!(
+            "{:.2}% of a core; {:.1} MiB",
+            slow_cpu?,
+            slow_rss? as f64 / 1024.0
+        ),
+        "-".into(),
+        "-".into(),
+    ]);
+
     // deny add round trips, each a fresh CLI process, as an operator's script would run it.
     let mut rtt = Vec::with_capacity(1000);
     for i in 0..1000u32 {
