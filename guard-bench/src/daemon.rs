@@ -18,6 +18,8 @@ pub struct Service {
     /// "udp" or "tcp".
     pub protocol: &'static str,
     pub port: u16,
+    /// `syn_cookies` (tcp only); `None` keeps the default ("auto").
+    pub syn_cookies: Option<&'static str>,
 }
 
 /// Where the daemon serves its health outputs; `None` keeps the config's defaults (loopback of
@@ -72,6 +74,9 @@ fn config_toml(private: &Private, health: &HealthListen, services: &[Service]) -
             "\n[[services]]\nname = {:?}\nprotocol = {:?}\nport = {}\n",
             s.name, s.protocol, s.port
         );
+        if let Some(c) = s.syn_cookies {
+            toml += &format!("syn_cookies = {c:?}\n");
+        }
     }
     toml
 }
@@ -252,6 +257,7 @@ mod tests {
             name: "udp-hash",
             protocol: "udp",
             port: 7001,
+            syn_cookies: None,
         }];
         let toml = config_toml(&p, &HealthListen::default(), &services);
         assert!(toml.contains("pin_dir = \"/sys/fs/bpf/guard-bench-1\""));

@@ -129,7 +129,7 @@ fn cookie_service(k: &mut KernelDatapath) {
 
 fn loaded(test: &str) -> Option<KernelDatapath> {
     let k = kernel_or_skip(test)?;
-    if let Err(why) = k.cookie_support() {
+    if let Err(why) = k.cookie_stages() {
         panic!("{test}: SYN cookies at the NIC are unavailable on this kernel: {why}");
     }
     Some(k)

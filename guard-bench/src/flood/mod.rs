@@ -183,12 +183,17 @@ fn measure(opts: &Options) -> Result<(Vec<Outcome>, RunInfo)> {
     let mut outcomes = Vec::new();
     let mut run = 0;
     for traffic in Traffic::ALL {
-        for protection in Protection::ALL {
+        let extra: &[Protection] = if traffic.syn() {
+            &[Protection::GuardNoCookies]
+        } else {
+            &[]
+        };
+        for &protection in Protection::ALL.iter().chain(extra) {
             crate::signal::check()?;
             run += 1;
             let shield = Shield::raise(protection, &top, &setup, run)
                 .with_context(|| format!("raising {}", protection.name()))?;
-            if protection == Protection::Guard {
+            if protection.is_guard() {
                 // As on a host: the clients talk before the attack, long enough to become
                 // known (known_after_secs) and for the services' rates to be learned (the
                 // first seconds are only learned).

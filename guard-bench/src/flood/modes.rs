@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use super::{
-    services::SERVICES,
+    services::{SERVICES, SERVICES_NO_COOKIES},
     topology::{LOAD_BALANCER, Topology},
 };
 use crate::{
@@ -27,6 +27,9 @@ pub enum Protection {
     None,
     Nftables,
     Guard,
+    /// The guard with `syn_cookies = "off"`: run under the SYN floods only, beside the guard
+    /// (whose TCP service has the default, "auto").
+    GuardNoCookies,
 }
 
 impl Protection {
@@ -37,7 +40,13 @@ impl Protection {
             Self::None => "none",
             Self::Nftables => "nftables",
             Self::Guard => "guard",
+            Self::GuardNoCookies => "guard, cookies off",
         }
+    }
+
+    /// The real daemon, either way.
+    pub fn is_guard(self) -> bool {
+        matches!(self, Self::Guard | Self::GuardNoCookies)
     }
 }
 
@@ -257,7 +266,7 @@ impl Shield {
                     _floor: floor,
                 })
             }
-            Protection::Guard => {
+            Protection::Guard | Protection::GuardNoCookies => {
                 let names: Vec<&str> = ifaces.iter().map(String::as_str).collect();
                 let daemon = Daemon::start(
                     setup.guard,
@@ -265,7 +274,11 @@ impl Shield {
                     &names,
                     &format!("{}-{run}", top.bed.tag),
                     &HealthListen::default(),
-                    &SERVICES,
+                    if p == Protection::GuardNoCookies {
+                        &SERVICES_NO_COOKIES
+                    } else {
+                        &SERVICES
+                    },
                 )?;
                 // As the operator guide says: the load balancer's checks are never limited.
                 daemon.cli_ok(&["allow", "add", &LOAD_BALANCER.to_string()])?;

@@ -47,11 +47,29 @@ pub const SERVICES: [Service; 2] = [
         name: "bench-udp",
         protocol: "udp",
         port: UDP_PORT,
+        syn_cookies: None,
     },
     Service {
         name: "bench-tcp",
         protocol: "tcp",
         port: TCP_PORT,
+        syn_cookies: None,
+    },
+];
+
+/// The same services with the guard's SYN cookies off (the kernel's own cookies only).
+pub const SERVICES_NO_COOKIES: [Service; 2] = [
+    Service {
+        name: "bench-udp",
+        protocol: "udp",
+        port: UDP_PORT,
+        syn_cookies: None,
+    },
+    Service {
+        name: "bench-tcp",
+        protocol: "tcp",
+        port: TCP_PORT,
+        syn_cookies: Some("off"),
     },
 ];
 

@@ -218,6 +218,43 @@ pub struct ServiceSettings {
     pub max_pps: Option<u64>,
     /// SYNs per second above which it is under attack (TCP); `None`: learned.
     pub max_syn_pps: Option<u64>,
+    /// When SYNs from sources that are not known are answered with a SYN cookie in XDP (TCP;
+    /// always `Off` for UDP).
+    #[serde(default)]
+    pub syn_cookies: SynCookies,
+}
+
+/// `[[services]] syn_cookies`: when the program answers a SYN from a source that is not known
+/// with a SYN cookie of its own (XDP_TX), passing on only the ACKs that carry a valid one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynCookies {
+    /// While the service is under attack (the default for TCP services).
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never: the kernel's own SYN cookies as it sends them.
+    Off,
+}
+
+impl SynCookies {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::On => "on",
+            Self::Off => "off",
+        }
+    }
+
+    /// Whether cookies are sent now, for a service under attack or not.
+    pub fn active(self, under_attack: bool) -> bool {
+        match self {
+            Self::Auto => under_attack,
+            Self::On => true,
+            Self::Off => false,
+        }
+    }
 }
 
 /// `[prefixes]`: aggregate buckets per prefix, and escalation of source bans to prefix bans.

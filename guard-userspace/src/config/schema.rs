@@ -38,6 +38,7 @@ pub(super) struct RawService {
     pub(super) port: Spanned<i64>,
     pub(super) max_pps: Option<Spanned<i64>>,
     pub(super) max_syn_pps: Option<Spanned<i64>>,
+    pub(super) syn_cookies: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

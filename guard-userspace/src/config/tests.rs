@@ -133,6 +133,18 @@ fn bad_services_and_attack_values_name_line_field_and_what_is_accepted() {
             "only a tcp service",
         ),
         (
+            svc("protocol = \"tcp\"\nport = 443\nsyn_cookies = \"always\"\n"),
+            5,
+            "services[0].syn_cookies = \"always\"",
+            "expected \"auto\" (while the service is under attack), \"on\" or \"off\"",
+        ),
+        (
+            svc("protocol = \"udp\"\nport = 53\nsyn_cookies = \"on\"\n"),
+            5,
+            "services[0].syn_cookies = \"on\"",
+            "only a tcp service",
+        ),
+        (
             format!(
                 "{}[[services]]\nname = \"dns2\"\nprotocol = \"udp\"\nport = 53\n",
                 svc("protocol = \"udp\"\nport = 53\n")
@@ -403,4 +415,18 @@ fn mode_names_round_trip() {
             .unwrap_err()
             .contains("auto, native or generic")
     );
+}
+
+#[test]
+fn syn_cookies_default_to_auto_for_tcp_and_off_for_udp() {
+    use crate::config::SynCookies;
+    let s = Settings::parse(
+        "[[services]]\nname = \"web\"\nprotocol = \"tcp\"\nport = 443\n\
+         [[services]]\nname = \"dns\"\nprotocol = \"udp\"\nport = 53\n\
+         [[services]]\nname = \"ssh\"\nprotocol = \"tcp\"\nport = 22\nsyn_cookies = \"off\"\n",
+        ConfigSource::Embedded,
+    )
+    .unwrap();
+    let modes: Vec<SynCookies> = s.services.iter().map(|s| s.syn_cookies).collect();
+    assert_eq!(modes, [SynCookies::Auto, SynCookies::Off, SynCookies::Off]);
 }

@@ -244,6 +244,7 @@ impl Validator<'_> {
                 port,
                 max_pps,
                 max_syn_pps,
+                syn_cookies,
             } = item.into_inner();
             let field = |key: &str| format!("services[{i}].{key}");
             if i >= MAX_SERVICES {
@@ -331,6 +332,36 @@ impl Validator<'_> {
                     "only a tcp service has SYNs: remove it or set protocol = \"tcp\"".to_string(),
                 ));
             }
+            let syn_cookies = match (syn_cookies, protocol) {
+                (None, ServiceProto::Tcp) => SynCookies::Auto,
+                (None, ServiceProto::Udp) => SynCookies::Off,
+                (Some(raw), _) => {
+                    let (span, value) = (raw.span(), raw.into_inner());
+                    let mode = match value.as_str() {
+                        "auto" => SynCookies::Auto,
+                        "on" => SynCookies::On,
+                        "off" => SynCookies::Off,
+                        _ => {
+                            return Err(self.invalid(
+                                &span,
+                                &field("syn_cookies"),
+                                format!("{value:?}"),
+                                "expected \"auto\" (while the service is under attack), \"on\" or \"off\"".to_string(),
+                            ));
+                        }
+                    };
+                    if protocol == ServiceProto::Udp && mode != SynCookies::Off {
+                        return Err(self.invalid(
+                            &span,
+                            &field("syn_cookies"),
+                            format!("{value:?}"),
+                            "only a tcp service has SYNs: remove it or set protocol = \"tcp\""
+                                .to_string(),
+                        ));
+                    }
+                    mode
+                }
+            };
             if !learn && max_pps.is_none() {
                 return Err(self.invalid(
                     max_pps_span.as_ref().unwrap_or(&whole),
@@ -345,6 +376,7 @@ impl Validator<'_> {
                 port,
                 max_pps,
                 max_syn_pps,
+                syn_cookies,
             });
         }
         Ok(out)

@@ -6,7 +6,9 @@
 //! learned rate times `factor`, never below `floor_pps`.
 use std::collections::{BTreeMap, VecDeque};
 
-use guard_common::{Gcra, SERVICE_TCP, SERVICE_UNDER_ATTACK, Service, ServiceStats};
+use guard_common::{
+    Gcra, SERVICE_COOKIES, SERVICE_TCP, SERVICE_UNDER_ATTACK, Service, ServiceStats,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -86,6 +88,12 @@ pub struct ServiceReport {
     pub newcomer_budget_pps: f64,
     pub newcomer_passed_pps: f64,
     pub newcomer_dropped_pps: f64,
+    /// `syn_cookies` ("auto", "on", "off"; "off" for UDP and "other").
+    #[serde(default)]
+    pub syn_cookies: String,
+    /// Whether the program answers this service's unknown SYNs with cookies now.
+    #[serde(default)]
+    pub cookies_active: bool,
 }
 
 /// A change of attack state, for the log.
@@ -157,6 +165,7 @@ impl Monitor {
             port: 0,
             max_pps: None,
             max_syn_pps: None,
+            syn_cookies: crate::config::SynCookies::Off,
         });
         m.other = true;
         m
@@ -295,7 +304,20 @@ impl Monitor {
     /// The program's view: attack mode (with its lease) and the newcomer budget, shared out
     /// among `cpus` CPUs (each CPU enforces its share, so the host passes at most the budget
     /// plus one burst per CPU).
-    pub fn kernel_service(&self, a: &AttackSettings, now_ns: u64, cpus: u32) -> Service {
+    /// Whether the program is to answer this service's SYNs from unknown sources with
+    /// cookies now: a TCP service whose `syn_cookies` says so (now under attack, for
+    /// "auto"), on a data plane that can (`cookies`).
+    pub fn cookies_active(&self, cookies: bool) -> bool {
+        cookies && self.is_tcp() && self.service.syn_cookies.active(self.under_attack)
+    }
+
+    pub fn kernel_service(
+        &self,
+        a: &AttackSettings,
+        now_ns: u64,
+        cpus: u32,
+        cookies: bool,
+    ) -> Service {
         let per_cpu = self.newcomer_budget(a) / f64::from(cpus.max(1));
         let burst = (per_cpu * NEWCOMER_BURST_SECS).ceil().max(1.0) as u64;
         let gcra = Gcra::from_f64(per_cpu, burst);
@@ -305,6 +327,9 @@ impl Monitor {
         }
         if self.under_attack {
             flags |= SERVICE_UNDER_ATTACK;
+        }
+        if self.cookies_active(cookies) {
+            flags |= SERVICE_COOKIES;
         }
         Service {
             flags,
@@ -319,7 +344,7 @@ impl Monitor {
         }
     }
 
-    pub fn report(&self, a: &AttackSettings) -> ServiceReport {
+    pub fn report(&self, a: &AttackSettings, cookies: bool) -> ServiceReport {
         let (ceiling, learned) = self.ceiling(a);
         ServiceReport {
             name: self.service.name.clone(),
@@ -337,6 +362,12 @@ impl Monitor {
             newcomer_budget_pps: self.newcomer_budget(a),
             newcomer_passed_pps: self.newcomer_passed_rate,
             newcomer_dropped_pps: self.newcomer_dropped_rate,
+            syn_cookies: if self.is_tcp() {
+                self.service.syn_cookies.name().to_string()
+            } else {
+                "off".to_string()
+            },
+            cookies_active: self.cookies_active(cookies),
         }
     }
 }

@@ -196,4 +196,16 @@ pub struct StatusReport {
     /// Each service, and the traffic of none ("other").
     #[serde(default)]
     pub services: Vec<ServiceReport>,
+    /// SYN cookies at the NIC: whether they can be sent, and the kernel's switch.
+    #[serde(default)]
+    pub syn_cookies: CookieStatus,
+}
+
+/// `guard status`: SYN cookies at the NIC.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CookieStatus {
+    /// `None` when they can be sent; otherwise why not.
+    pub unavailable: Option<String>,
+    /// `net.ipv4.tcp_syncookies` now, and the value the guard replaced (restored on detach).
+    pub sysctl: crate::dataplane::cookies::SyncookiesSysctl,
 }

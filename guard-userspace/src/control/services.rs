@@ -58,6 +58,16 @@ impl<D: Datapath> Control<D> {
         self.monitors = monitors;
         self.dp.set_service_ports(&ports)?;
         self.write_services()?;
+        let wanted = self.settings.services.iter().any(|s| {
+            s.protocol == crate::dataplane::ServiceProto::Tcp
+                && s.syn_cookies != crate::config::SynCookies::Off
+        });
+        match self.dp.kernel_syncookies(wanted) {
+            Ok(Some(done)) => tracing::info!("{done}"),
+            Ok(None) => {}
+            // Cookies still go out; the kernel then takes no connection they bring.
+            Err(e) => tracing::warn!("SYN cookies: {e}"),
+        }
         // Slots no service uses any more: no attack mode, no budget.
         for slot in self.monitors.len() as u32..guard_common::capacity::SERVICES {
             self.dp
@@ -70,8 +80,9 @@ impl<D: Datapath> Control<D> {
     fn write_services(&mut self) -> Result<(), ControlError> {
         let now_ns = self.dp.now_ns();
         let cpus = self.cpus();
+        let cookies = self.dp.cookie_support().is_ok();
         for (slot, m) in self.monitors.iter().enumerate() {
-            let service = m.kernel_service(&self.settings.attack, now_ns, cpus);
+            let service = m.kernel_service(&self.settings.attack, now_ns, cpus, cookies);
             self.dp.set_service(slot as u32, &service)?;
         }
         Ok(())
@@ -105,14 +116,15 @@ impl<D: Datapath> Control<D> {
 
     /// Every service's figures, then "other".
     pub fn service_reports(&self) -> Vec<ServiceReport> {
+        let cookies = self.dp.cookie_support().is_ok();
         let mut out: Vec<ServiceReport> = self
             .monitors
             .iter()
             .skip(1)
-            .map(|m| m.report(&self.settings.attack))
+            .map(|m| m.report(&self.settings.attack, cookies))
             .collect();
         if let Some(other) = self.monitors.first() {
-            out.push(other.report(&self.settings.attack));
+            out.push(other.report(&self.settings.attack, cookies));
         }
         out
     }

@@ -233,6 +233,12 @@ impl<D: Datapath> Control<D> {
                 .known()
                 .map_or_else(|_| self.known_count(), |k| k.len()),
             services: self.service_reports(),
+            syn_cookies: super::reports::CookieStatus {
+                unavailable: self.dp.cookie_support().err(),
+                sysctl: crate::dataplane::cookies::syncookies_sysctl(
+                    &self.settings.datapath.pin_dir,
+                ),
+            },
         }
     }
 }

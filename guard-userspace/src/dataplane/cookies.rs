@@ -3,14 +3,24 @@
 //! two stages (the tail-called XDP `guard_cookie`, the TC `guard_tc`) are loaded when the
 //! kernel has what they need: the syncookie helpers (Linux 6.0) and `bpf_sk_assign_tcp_reqsk`
 //! (Linux 6.11).
-use std::borrow::Cow;
+use std::{
+    borrow::Cow,
+    fs,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf,
     maps::ProgramArray,
-    programs::{SchedClassifier, Xdp},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+    },
 };
 use guard_common::{KFUNC_CALL_PLACEHOLDER, map_names};
+
+use super::pins::{link_pin_name, link_pins};
 
 /// The kfunc the TC stage calls.
 const KFUNC: &str = "bpf_sk_assign_tcp_reqsk";
@@ -99,6 +109,161 @@ pub fn load_stages(ebpf: &mut Ebpf, kfunc: Result<(), String>) -> Result<(), Str
         .set(0, &fd, 0)
         .map_err(|e| format!("putting the cookie stage in its array: {e}"))?;
     Ok(())
+}
+
+/// Attaches the TC stage at ingress of each `(interface, ifindex)` through a tcx link pinned
+/// under `dir` (so it survives the daemon, like the XDP links), adopting a previous run's link
+/// on the same interface by swapping the new program in (`BPF_LINK_UPDATE`: no gap). Links
+/// pinned for other interfaces are removed. `Err` names the interface that failed; SYN
+/// cookies are then not used (the XDP stage alone would answer SYNs whose ACKs no listener
+/// takes).
+pub fn attach_tc(ebpf: &mut Ebpf, ifaces: &[(String, u32)], dir: &Path) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let pinned = link_pins(dir);
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(map_names::TC_PROGRAM)
+        .ok_or("the object has no TC stage")?
+        .try_into()
+        .map_err(|e| format!("the TC stage: {e}"))?;
+    for (iface, ifindex) in ifaces {
+        if let Some((_, _, path)) = pinned.iter().find(|(i, _, _)| i == iface) {
+            let adopted = match super::link::tcx_link_ifindex(path) {
+                Ok(Some(i)) if i == *ifindex => PinnedLink::from_pin(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|pl| {
+                        SchedClassifierLink::try_from(FdLink::from(pl)).map_err(|e| e.to_string())
+                    })
+                    .and_then(|link| tc.attach_to_link(link).map_err(|e| e.to_string())),
+                Ok(_) => Err(format!("it is no longer on {iface} (ifindex {ifindex})")),
+                Err(e) => Err(e.to_string()),
+            };
+            match adopted {
+                Ok(_) => continue,
+                Err(why) => {
+                    tracing::info!(
+                        "not adopting the TC stage's link {} ({why}); attaching afresh",
+                        path.display()
+                    );
+                    fs::remove_file(path)
+                        .map_err(|e| format!("removing {}: {e}", path.display()))?;
+                }
+            }
+        }
+        let id = tc
+            .attach_with_options(
+                iface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|e| format!("{iface}: attaching the TC stage (tcx ingress): {e}"))?;
+        let link = tc
+            .take_link(id)
+            .map_err(|e| format!("{iface}: the TC stage's link: {e}"))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e| format!("{iface}: the TC stage's link is no BPF link: {e}"))?;
+        let path = dir.join(link_pin_name(iface, "tcx"));
+        fd.pin(&path)
+            .map_err(|e| format!("pinning {}: {e}", path.display()))?;
+    }
+    for (iface, _, path) in &pinned {
+        if !ifaces.iter().any(|(i, _)| i == iface) {
+            fs::remove_file(path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The interfaces whose TC stage links are pinned under `dir`.
+pub fn tc_interfaces(dir: &Path) -> Vec<String> {
+    link_pins(dir).into_iter().map(|(i, _, _)| i).collect()
+}
+
+/// The kernel's SYN-cookie switch (per network namespace). The kernel takes the connection the
+/// TC stage hands over only when it is 1 or 2 (`cookie_v4_check` returns at once on 0).
+pub const SYNCOOKIES_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_syncookies";
+
+/// Where the value the guard replaced is kept until `guard detach` (or a config without
+/// cookies) restores it: under /run, which a reboot empties as it resets the sysctl, one file
+/// per pin directory (one guard) and network namespace.
+fn saved_syncookies(pin_dir: &Path) -> PathBuf {
+    let ns = fs::read_link("/proc/self/ns/net")
+        .ok()
+        .and_then(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.trim_start_matches("net:[")
+                .trim_end_matches(']')
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    let guard = pin_dir
+        .to_string_lossy()
+        .trim_matches('/')
+        .replace('/', "_");
+    PathBuf::from(format!("/run/guard/tcp_syncookies.{guard}.{ns}"))
+}
+
+fn read_syncookies() -> Result<u8, String> {
+    let text = fs::read_to_string(SYNCOOKIES_SYSCTL)
+        .map_err(|e| format!("reading {SYNCOOKIES_SYSCTL}: {e}"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{SYNCOOKIES_SYSCTL} holds {:?}", text.trim()))
+}
+
+/// `net.ipv4.tcp_syncookies` as it is, and the value the guard replaced if it changed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SyncookiesSysctl {
+    pub value: Option<u8>,
+    pub replaced: Option<u8>,
+}
+
+pub fn syncookies_sysctl(pin_dir: &Path) -> SyncookiesSysctl {
+    SyncookiesSysctl {
+        value: read_syncookies().ok(),
+        replaced: fs::read_to_string(saved_syncookies(pin_dir))
+            .ok()
+            .and_then(|t| t.trim().parse().ok()),
+    }
+}
+
+/// Sets `net.ipv4.tcp_syncookies` to 1 if it is 0 (a service sends cookies), keeping the old
+/// value to restore. Returns the value it replaced, if it did.
+pub fn enable_syncookies(pin_dir: &Path) -> Result<Option<u8>, String> {
+    let now = read_syncookies()?;
+    if now != 0 {
+        return Ok(None);
+    }
+    let saved = saved_syncookies(pin_dir);
+    if let Some(dir) = saved.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    // The value is kept first, so that a crash between the two never loses it.
+    if !saved.exists() {
+        fs::write(&saved, format!("{now}\n"))
+            .map_err(|e| format!("writing {}: {e}", saved.display()))?;
+    }
+    fs::write(SYNCOOKIES_SYSCTL, "1\n")
+        .map_err(|e| format!("setting {SYNCOOKIES_SYSCTL} to 1: {e}"))?;
+    Ok(Some(now))
+}
+
+/// Puts back the `net.ipv4.tcp_syncookies` the guard replaced, if it replaced one. Returns
+/// the value restored.
+pub fn restore_syncookies(pin_dir: &Path) -> Result<Option<u8>, String> {
+    let saved = saved_syncookies(pin_dir);
+    let Ok(text) = fs::read_to_string(&saved) else {
+        return Ok(None);
+    };
+    let old: u8 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{} holds {:?}", saved.display(), text.trim()))?;
+    fs::write(SYNCOOKIES_SYSCTL, format!("{old}\n"))
+        .map_err(|e| format!("restoring {SYNCOOKIES_SYSCTL} to {old}: {e}"))?;
+    fs::remove_file(&saved).map_err(|e| format!("removing {}: {e}", saved.display()))?;
+    Ok(Some(old))
 }
 
 #[cfg(test)]

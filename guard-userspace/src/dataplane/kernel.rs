@@ -41,7 +41,7 @@ pub(super) fn map_err(
 
 /// The data plane through its maps.
 pub struct KernelDatapath {
-    ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
     config: Array<MapData, Config>,
     config_slot: Array<MapData, u32>,
     stats: PerCpuArray<MapData, Counters>,
@@ -79,6 +79,10 @@ pub struct KernelDatapath {
     cpus: u32,
     /// Whether the SYN-cookie stages loaded (and why not).
     pub(super) cookies: Result<(), String>,
+    /// Whether the TC stage is attached to every interface (and why not).
+    pub(super) tc: Result<(), String>,
+    /// The pin directory root `start` used (`None`: loaded without pins).
+    pub(super) pin_root: Option<std::path::PathBuf>,
     /// `GUARD_SEEN`, mapped: bits set before every insert into the tracker, `BANS` or
     /// `KNOWN` from here, and rebuilt by `refresh_seen`.
     pub(super) seen: SeenFilter,
@@ -173,6 +177,8 @@ impl KernelDatapath {
             mapped_ports: Vec::new(),
             cpus: cpus.max(1),
             cookies: Err("not loaded".to_string()),
+            tc: Err("the TC stage is not attached (not started)".to_string()),
+            pin_root: None,
         })
         .and_then(|mut dp| {
             // Adopted maps keep their config and entries: start from them.
@@ -254,8 +260,9 @@ impl KernelDatapath {
         (self.seen.flags() != 0).then(|| self.seen.fill())
     }
 
-    /// Whether SYN cookies at the NIC can be used: both stages loaded, or why not.
-    pub fn cookie_support(&self) -> Result<(), &str> {
+    /// Whether the SYN-cookie stages loaded, or why not (attached or not: see
+    /// `Datapath::cookie_support`).
+    pub fn cookie_stages(&self) -> Result<(), &str> {
         self.cookies.as_ref().map(|_| ()).map_err(String::as_str)
     }
 

@@ -22,8 +22,9 @@ use crate::dataplane::versioned_dir;
 /// `BPF_OBJ_GET` and `BPF_OBJ_GET_INFO_BY_FD` from `<linux/bpf.h>`.
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-/// `BPF_LINK_TYPE_XDP`.
+/// `BPF_LINK_TYPE_XDP` and `BPF_LINK_TYPE_TCX`.
 const BPF_LINK_TYPE_XDP: u32 = 6;
+const BPF_LINK_TYPE_TCX: u32 = 11;
 /// `struct bpf_link_info`: `type`, `id`, `prog_id` (u32 each), then a union aligned to 8
 /// bytes whose `xdp` member starts with `ifindex`.
 const LINK_INFO_TYPE: usize = 0;
@@ -87,6 +88,16 @@ fn if_index(iface: &str) -> Option<u32> {
 
 /// The interface index of the XDP link pinned at `pin`; `None` if it is another kind of link.
 pub(crate) fn link_ifindex(pin: &Path) -> io::Result<Option<u32>> {
+    link_ifindex_of(pin, BPF_LINK_TYPE_XDP)
+}
+
+/// The interface index of the tcx link (the TC stage's) pinned at `pin`; `None` if it is
+/// another kind of link. (Its `tcx` member also starts with `ifindex`.)
+pub(crate) fn tcx_link_ifindex(pin: &Path) -> io::Result<Option<u32>> {
+    link_ifindex_of(pin, BPF_LINK_TYPE_TCX)
+}
+
+fn link_ifindex_of(pin: &Path, link_type: u32) -> io::Result<Option<u32>> {
     let path = CString::new(pin.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the pin path"))?;
     // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags. The rest stays zero,
@@ -104,7 +115,7 @@ pub(crate) fn link_ifindex(pin: &Path) -> io::Result<Option<u32>> {
     attr[1] = info.as_mut_ptr() as u64;
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     let word = |at: usize| u32::from_ne_bytes([info[at], info[at + 1], info[at + 2], info[at + 3]]);
-    if word(LINK_INFO_TYPE) != BPF_LINK_TYPE_XDP {
+    if word(LINK_INFO_TYPE) != link_type {
         return Ok(None);
     }
     Ok(Some(word(LINK_INFO_XDP_IFINDEX)))

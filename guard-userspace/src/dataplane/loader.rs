@@ -313,6 +313,24 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
             adopted: false,
         });
     }
+    datapath.pin_root = Some(opts.pin_dir.clone());
+    // The SYN cookies' TC stage, wherever the XDP program is.
+    let tc_dir = dir.join("tc");
+    datapath.tc = match &datapath.cookies {
+        Ok(()) => {
+            let ifaces: Vec<(String, u32)> = attachments
+                .iter()
+                .map(|a| (a.iface.clone(), a.ifindex))
+                .collect();
+            super::cookies::attach_tc(&mut datapath.ebpf, &ifaces, &tc_dir)
+        }
+        Err(why) => Err(why.clone()),
+    };
+    if let Err(why) = &datapath.tc
+        && datapath.cookies.is_ok()
+    {
+        tracing::warn!("SYN cookies at the NIC are off: {why}");
+    }
     // Interfaces a previous run attached to but that are no longer configured.
     for (iface, _, path) in &pinned {
         if !opts.interfaces.contains(iface) {
@@ -367,7 +385,7 @@ pub(super) fn remove_pins(dir: &Path) -> Result<Vec<String>, LoadError> {
         fs::remove_file(&path).map_err(io_err("remove", &path))?;
         detached.push(iface);
     }
-    for sub in ["links", "maps"] {
+    for sub in ["links", "tc", "maps"] {
         let d = dir.join(sub);
         if let Ok(rd) = fs::read_dir(&d) {
             for e in rd.filter_map(Result::ok) {
@@ -389,6 +407,11 @@ pub(super) fn remove_pins(dir: &Path) -> Result<Vec<String>, LoadError> {
 /// When a pin cannot be removed.
 pub fn detach(pin_dir: &Path) -> Result<Vec<String>, LoadError> {
     let mut detached = remove_pins(&versioned_dir(pin_dir))?;
+    match super::cookies::restore_syncookies(pin_dir) {
+        Ok(Some(old)) => tracing::info!("put {} back to {old}", super::cookies::SYNCOOKIES_SYSCTL),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{e}"),
+    }
     // An older layout's pins too (a host that never ran the daemon since an upgrade).
     for version in 1..LAYOUT_VERSION {
         let old = pin_dir.join(format!("v{version}"));

@@ -128,6 +128,19 @@ pub trait Datapath {
     fn refresh_seen(&mut self) -> Result<(), DatapathError> {
         Ok(())
     }
+    /// Whether SYN cookies can be sent: the cookie stages loaded and the TC stage that hands
+    /// a validated ACK to its listener attached to every interface, or why not. Without them
+    /// no service is told to send cookies (its SYNs go to the kernel, as with "off").
+    fn cookie_support(&self) -> Result<(), String> {
+        Err("this data plane has no SYN-cookie stages".to_string())
+    }
+    /// Makes the kernel ready for the connections cookies bring (`net.ipv4.tcp_syncookies` at
+    /// least 1) when `wanted` (a service may send cookies), or puts back what it changed when
+    /// not. Returns what it did, for the log.
+    fn kernel_syncookies(&mut self, wanted: bool) -> Result<Option<String>, String> {
+        let _ = wanted;
+        Ok(None)
+    }
 }
 
 /// A service's transport protocol.

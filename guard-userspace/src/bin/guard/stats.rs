@@ -355,6 +355,16 @@ pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
     );
     println!("pins        {}", s.pin_dir);
     println!("state       {}", s.state_file);
+    let c = &s.syn_cookies;
+    let sysctl = match (c.sysctl.value, c.sysctl.replaced) {
+        (Some(v), Some(old)) => format!("tcp_syncookies {v} (set by guard; was {old})"),
+        (Some(v), None) => format!("tcp_syncookies {v}"),
+        (None, _) => "tcp_syncookies unreadable".to_string(),
+    };
+    match &c.unavailable {
+        None => println!("syn cookies available at the NIC (XDP + TC ingress); {sysctl}"),
+        Some(why) => println!("syn cookies unavailable at the NIC: {why}; {sysctl}"),
+    }
     let mut t = Table::new(&["INTERFACE", "IFINDEX", "XDP MODE", "ADOPTED"]);
     for a in &s.attachments {
         t.row(vec![
@@ -381,6 +391,7 @@ fn services_table(services: &[guard::attack::ServiceReport]) -> Table {
         "CEILING",
         "LEARNED",
         "STATE",
+        "COOKIES",
         "NEWCOMERS",
     ]);
     let rate = |v: f64| format!("{v:.0}");
@@ -426,6 +437,13 @@ fn services_table(services: &[guard::attack::ServiceReport]) -> Table {
             ceiling,
             r.learned_pps.map_or_else(|| "-".to_string(), rate),
             state,
+            match (r.protocol, r.cookies_active) {
+                (Some(guard::dataplane::ServiceProto::Tcp), true) => {
+                    format!("{}: sending", r.syn_cookies)
+                }
+                (Some(guard::dataplane::ServiceProto::Tcp), false) => r.syn_cookies.clone(),
+                _ => "-".to_string(),
+            },
             newcomers,
         ]);
     }

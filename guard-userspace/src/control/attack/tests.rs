@@ -13,6 +13,7 @@ fn dns(max_pps: Option<u64>) -> Monitor {
         port: 53,
         max_pps,
         max_syn_pps: None,
+        syn_cookies: crate::config::SynCookies::Off,
     })
 }
 
@@ -101,7 +102,7 @@ fn the_newcomer_budget_is_a_share_of_the_ceiling_split_over_cpus() {
     run(&mut m, &a, next, 3, 100_000);
     assert!(m.under_attack());
     assert_eq!(m.newcomer_budget(&a), 4_000.0);
-    let s = m.kernel_service(&a, 7 * NS_PER_SEC, 4);
+    let s = m.kernel_service(&a, 7 * NS_PER_SEC, 4, true);
     assert_eq!(s.flags & SERVICE_UNDER_ATTACK, SERVICE_UNDER_ATTACK);
     assert_eq!(s.attack_until_ns, 7 * NS_PER_SEC + ATTACK_LEASE_NS);
     // 1,000 packets/s per CPU: one every millisecond, a burst of 100.
@@ -115,7 +116,8 @@ fn the_other_slot_is_counted_but_never_under_attack() {
     let mut m = Monitor::other();
     let (t, _) = run(&mut m, &a, 0, 10, 1_000_000);
     assert!(t.is_empty() && !m.under_attack());
-    assert_eq!(m.report(&a).protocol, None);
+    assert_eq!(m.report(&a, true).protocol, None);
+    assert!(!m.report(&a, true).cookies_active);
 }
 
 #[test]
@@ -130,4 +132,43 @@ fn escalation_needs_enough_bans_within_the_window() {
     // Counting starts again after an escalation; 0 never escalates.
     assert!(!e.ban(p, 172, 3, 60));
     assert!(!Escalator::default().ban(p, 1, 0, 60));
+}
+
+fn web(syn_cookies: crate::config::SynCookies) -> Monitor {
+    Monitor::new(ServiceSettings {
+        name: "web".into(),
+        protocol: ServiceProto::Tcp,
+        port: 80,
+        max_pps: Some(40_000),
+        max_syn_pps: None,
+        syn_cookies,
+    })
+}
+
+#[test]
+fn cookies_follow_the_mode_the_attack_and_what_the_data_plane_can_do() {
+    use crate::config::SynCookies::{Auto, Off, On};
+    let a = settings();
+    let flags = |m: &Monitor, cookies: bool| m.kernel_service(&a, 0, 2, cookies).flags;
+    let (mut auto, on, off) = (web(Auto), web(On), web(Off));
+    // Not under attack: only "on" sends cookies, and only where the data plane can.
+    assert_eq!(flags(&auto, true) & SERVICE_COOKIES, 0);
+    assert_eq!(flags(&on, true) & SERVICE_COOKIES, SERVICE_COOKIES);
+    assert_eq!(flags(&on, false) & SERVICE_COOKIES, 0);
+    assert_eq!(flags(&off, true) & SERVICE_COOKIES, 0);
+    // Under attack: "auto" too, never "off".
+    let (_, next) = run(&mut auto, &a, 0, 1, 0);
+    run(&mut auto, &a, next, 3, 100_000);
+    assert!(auto.under_attack());
+    assert_eq!(flags(&auto, true) & SERVICE_COOKIES, SERVICE_COOKIES);
+    assert_eq!(flags(&auto, false) & SERVICE_COOKIES, 0);
+    let r = auto.report(&a, true);
+    assert_eq!((r.syn_cookies.as_str(), r.cookies_active), ("auto", true));
+    // A UDP service never does, whatever the data plane can.
+    let mut udp = dns(Some(40_000));
+    let (_, next) = run(&mut udp, &a, 0, 1, 0);
+    run(&mut udp, &a, next, 3, 100_000);
+    assert!(udp.under_attack());
+    assert_eq!(flags(&udp, true) & SERVICE_COOKIES, 0);
+    assert_eq!(udp.report(&a, true).syn_cookies, "off");
 }

@@ -48,6 +48,7 @@ fn dns(max_pps: Option<u64>) -> ServiceSettings {
         port: 53,
         max_pps,
         max_syn_pps: None,
+        syn_cookies: crate::config::SynCookies::Off,
     }
 }
 
@@ -58,6 +59,7 @@ fn web() -> ServiceSettings {
         port: 443,
         max_pps: Some(1_000),
         max_syn_pps: Some(100),
+        syn_cookies: crate::config::SynCookies::Auto,
     }
 }
 

@@ -12,6 +12,27 @@ use crate::{
 };
 
 impl Datapath for KernelDatapath {
+    fn cookie_support(&self) -> Result<(), String> {
+        self.cookies.clone()?;
+        self.tc.clone()
+    }
+
+    fn kernel_syncookies(&mut self, wanted: bool) -> Result<Option<String>, String> {
+        use crate::dataplane::cookies::{SYNCOOKIES_SYSCTL, enable_syncookies, restore_syncookies};
+        let Some(pin_dir) = self.pin_root.clone() else {
+            return Ok(None);
+        };
+        if wanted && self.cookie_support().is_ok() {
+            Ok(enable_syncookies(&pin_dir)?.map(|old| {
+                format!("set {SYNCOOKIES_SYSCTL} to 1 (was {old}) for the SYN cookies at the NIC; guard detach puts it back")
+            }))
+        } else {
+            Ok(restore_syncookies(&pin_dir)?.map(|old| {
+                format!("put {SYNCOOKIES_SYSCTL} back to {old} (no service sends SYN cookies)")
+            }))
+        }
+    }
+
     fn now_ns(&self) -> u64 {
         // CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
         nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |ts| {
