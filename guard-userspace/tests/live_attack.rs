@@ -5,10 +5,7 @@
 mod support;
 
 use std::{
-    ffi::CString,
-    io,
     net::{Ipv4Addr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -20,6 +17,7 @@ use serde_json::Value;
 use support::{
     WAIT,
     netns::{Testbed, in_netns, live_or_skip, sh, udp_in, warm_up},
+    raw::{flood, mac_of},
     wait_for,
 };
 
@@ -28,17 +26,6 @@ const ATK: &str = "198.18.13.2";
 const SRV_CLI: &str = "198.18.14.1";
 const CLI: &str = "198.18.14.2";
 const PORT: u16 = 5353;
-
-fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
-    let out = sh(&["ip", "-n", ns, "-j", "link", "show", "dev", dev]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let s = v[0]["address"].as_str().unwrap();
-    let mut mac = [0u8; 6];
-    for (i, part) in s.split(':').enumerate() {
-        mac[i] = u8::from_str_radix(part, 16).unwrap();
-    }
-    mac
-}
 
 /// An Ethernet/IPv4/UDP frame from `src` to the service (checksums as the stack wants them:
 /// the IPv4 header's, and none for UDP).
@@ -69,60 +56,6 @@ fn frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Ve
     f.extend_from_slice(&[0, 0]);
     f.extend_from_slice(&[0x5a; 18]);
     f
-}
-
-/// Sends `frames` round-robin out of `dev` (in the calling thread's namespace) at about
-/// `pps`, until `stop`, `max_packets` or `max_time`. Returns packets sent.
-fn flood(
-    dev: &str,
-    frames: &[Vec<u8>],
-    pps: u64,
-    stop: &AtomicBool,
-    sent: &AtomicU64,
-    max_packets: u64,
-    max_time: Duration,
-) -> u64 {
-    let name = CString::new(dev).unwrap();
-    // SAFETY: a valid NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert_ne!(ifindex, 0, "no {dev}");
-    // SAFETY: plain socket(2); the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "AF_PACKET: {}", io::Error::last_os_error());
-    // SAFETY: a fresh socket we own.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_ll is plain data.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = ifindex as i32;
-    // SAFETY: a valid sockaddr_ll and its size.
-    let rc = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "bind AF_PACKET: {}", io::Error::last_os_error());
-    let start = Instant::now();
-    let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) && n < max_packets && start.elapsed() < max_time {
-        let f = &frames[n as usize % frames.len()];
-        // SAFETY: a bound socket and a live buffer of the given length.
-        let rc = unsafe { libc::send(sock.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
-        if rc > 0 {
-            n += 1;
-            sent.fetch_add(1, Ordering::Relaxed);
-        }
-        // Pace: about `pps`, in bursts of 100.
-        if n.is_multiple_of(100) {
-            let due = Duration::from_secs_f64(n as f64 / pps as f64);
-            if let Some(wait) = due.checked_sub(start.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-    }
-    n
 }
 
 /// The echo service: answers each datagram to PORT, until `stop`.

@@ -4,6 +4,7 @@
 
 pub mod netns;
 pub mod packet;
+pub mod raw;
 
 use std::{
     sync::{Mutex, Once},
