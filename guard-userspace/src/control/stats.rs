@@ -233,6 +233,7 @@ impl<D: Datapath> Control<D> {
                 .known()
                 .map_or_else(|_| self.known_count(), |k| k.len()),
             services: self.service_reports(),
+            warnings: Vec::new(),
         }
     }
 }
