@@ -257,3 +257,71 @@ fn an_interface_deleted_and_made_anew_is_attached_again_and_drops_a_denied_sourc
     warm_up(&b.peer, &b.srv_addr);
     assert_eq!(b.arrivals(100), 100, "after deny del");
 }
+
+#[test]
+fn a_check_that_stops_answering_turns_failed_after_a_few_intervals_not_after_its_timeout() {
+    if !live_or_skip("stale check") {
+        return;
+    }
+    let mut b = bed(44);
+    // The service: answers HTTP 200 until told to hold each connection without a word.
+    let listener = support::netns::in_netns(&b.srv, {
+        let addr = format!("{}:8080", b.srv_addr);
+        move || std::net::TcpListener::bind(addr).expect("bind the service")
+    });
+    let answering = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = std::sync::Arc::clone(&answering);
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { break };
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            } else {
+                held.push(s);
+            }
+        }
+    });
+    // A 20 s timeout: the old result would stand that long.
+    let config = b.tb.tmp.join("guard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[health]\nwarn_at = 99\ndrain_at = 100\npsi_warn_at = 99\npsi_drain_at = 100\n\
+             rise = 1\nfall = 3\n\
+             [[health.checks]]\ntype = \"http\"\ntarget = \"http://{}:8080/\"\ntimeout_ms = 20000\n",
+            b.srv_addr
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    b.start(
+        &[],
+        &[
+            "--config",
+            &config,
+            "--health-listen",
+            "",
+            "--agent-listen",
+            "",
+        ],
+    );
+    wait_for(WAIT, || {
+        (b.json(&["health"])["status"] == "pass").then_some(())
+    })
+    .unwrap_or_else(|| panic!("never pass: {}", b.tb.logs()));
+    answering.store(false, std::sync::atomic::Ordering::SeqCst);
+    let t = Instant::now();
+    let h = wait_for(Duration::from_secs(12), || {
+        let h = b.json(&["health"]);
+        (h["status"] != "pass").then_some(h)
+    })
+    .unwrap_or_else(|| panic!("still pass 12 s after the check stopped answering"));
+    assert!(h.to_string().contains("no result for"), "{h}");
+    eprintln!("failed after {:?}: {}", t.elapsed(), h["reason"]);
+}
