@@ -30,6 +30,7 @@ use crate::{
 
 pub mod attack;
 mod bans;
+mod links;
 mod lists;
 mod operator;
 mod reports;

@@ -196,6 +196,10 @@ pub struct StatusReport {
     /// Each service, and the traffic of none ("other").
     #[serde(default)]
     pub services: Vec<ServiceReport>,
+    /// What the operator must know about how the daemon runs (a bpffs private to its mount
+    /// namespace); filled in by the daemon.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// SYN cookies at the NIC: whether they can be sent, and the kernel's switch.
     #[serde(default)]
     pub syn_cookies: CookieStatus,

@@ -600,6 +600,7 @@ fn ban_events_are_described_with_interface_and_wall_clock_expiry() {
         ifindex: 2,
         mode: "native".into(),
         adopted: false,
+        reattached: 0,
     }];
     let c = Control::new(
         FakeDatapath::new(f.clock.clone()),
@@ -653,12 +654,14 @@ fn stats_name_interfaces_by_slot_and_sum_totals() {
             ifindex: 2,
             mode: "native".into(),
             adopted: false,
+            reattached: 0,
         },
         Attachment {
             iface: "eth1".into(),
             ifindex: 3,
             mode: "generic".into(),
             adopted: false,
+            reattached: 0,
         },
     ];
     let mut dp = FakeDatapath::new(f.clock.clone());

@@ -72,6 +72,13 @@ impl<D: Datapath + BanEvents + Send + 'static> Daemon<D> {
                     report: Box::new(report),
                 })
             }
+            Request::Status => {
+                let mut reply = rpc::dispatch(&self.control, Request::Status).await?;
+                if let (Reply::Status(s), Some(w)) = (&mut reply, &self.bpffs) {
+                    s.warnings.push(w.clone());
+                }
+                Ok(reply)
+            }
             other => rpc::dispatch(&self.control, other).await,
         }
     }

@@ -91,6 +91,9 @@ pub struct RunOptions {
     /// `None`: the embedded default.
     pub config: Option<PathBuf>,
     pub overrides: Overrides,
+    /// Run even when the pins' bpffs is private to the daemon's mount namespace (they die
+    /// with it): `--allow-private-bpffs`.
+    pub allow_private_bpffs: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +164,10 @@ struct Daemon<D: Datapath> {
     sources: Mutex<Option<(usize, Instant)>>,
     /// Whether the program is attached to an interface (the kernel's answer, or a test's).
     link_check: fn(&Path, &str) -> LinkState,
+    /// An interface's index, if it exists (the kernel's answer, or a test's).
+    if_index: fn(&str) -> Option<u32>,
+    /// Interfaces a re-attachment failed on, with the index it was tried at.
+    reattach_failed: Mutex<std::collections::HashMap<String, u32>>,
     /// When the learned rates were last saved.
     learned_saved: Mutex<Instant>,
     /// New bans from the ring-buffer reader task, drained by the tick.
@@ -169,6 +176,11 @@ struct Daemon<D: Datapath> {
     allow: watch::Sender<Arc<Vec<Cidr>>>,
     /// One reload at a time (a SIGHUP and a `guard reload` may meet).
     reloading: Semaphore,
+    /// Why the pins will not outlive the daemon, if they will not (a private bpffs the
+    /// operator allowed); shown by `guard status`.
+    bpffs: Option<String>,
+    /// The pin directory's lock, held for the daemon's life (`None` in tests).
+    pin_lock: Option<crate::dataplane::PinDirLock>,
 }
 
 impl<D: Datapath + BanEvents> Daemon<D> {
@@ -189,10 +201,14 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             published,
             sources: Mutex::new(None),
             link_check: crate::dataplane::link::check,
+            if_index: crate::dataplane::link::if_index,
+            reattach_failed: Mutex::new(std::collections::HashMap::new()),
             learned_saved: Mutex::new(Instant::now()),
             ban_events: Mutex::new(None),
             allow: watch::channel(allow).0,
             reloading: Semaphore::new(1),
+            bpffs: None,
+            pin_lock: None,
         }
     }
 

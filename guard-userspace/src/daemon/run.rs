@@ -59,6 +59,10 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     };
     tracing::info!("config: {}", settings.source);
 
+    // One daemon per pin directory, decided before anything else is touched (the state file,
+    // the socket, the pins): a second `guard run`, whatever its --socket, stops here.
+    let (pin_lock, bpffs) = guard_pin_dir(&settings.datapath.pin_dir, opts.allow_private_bpffs)?;
+
     // Read the state before attaching: an unreadable state directory stops us here.
     let store = Store::new(&settings.state.dir);
     let saved = match store.load()? {
@@ -211,6 +215,8 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let health = Health::new(health_config, listeners).map_err(DaemonError::Checks)?;
     let mut daemon = Daemon::new(control, opts, dataplane::detach, health, published);
     daemon.stop = stop;
+    daemon.bpffs = bpffs;
+    daemon.pin_lock = Some(pin_lock);
     daemon.allow = allow_tx;
     let daemon = Arc::new(daemon);
     daemon.publish_allow(allow_list(&daemon.lock()));
@@ -227,6 +233,48 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     // Tasks still running (a connection mid-answer) are dropped with the runtime, boundedly.
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
+}
+
+/// Mounts bpffs if need be, locks the pin directory for the daemon's life and checks that its
+/// bpffs is the host's. Returns the lock and, for a private bpffs the operator allowed, the
+/// warning that `guard status` shows.
+///
+/// # Errors
+///
+/// [`LoadError::Locked`](crate::dataplane::LoadError::Locked) naming the other daemon's pid;
+/// `PrivateBpffs` unless `allow_private`; a failure to mount or create the directory.
+fn guard_pin_dir(
+    pin_dir: &std::path::Path,
+    allow_private: bool,
+) -> Result<(dataplane::PinDirLock, Option<String>), DaemonError> {
+    let mounted = dataplane::ensure_bpffs()?;
+    let lock = dataplane::lock_pin_dir(pin_dir)?;
+    let warning = match dataplane::bpffs_scope(pin_dir, mounted) {
+        dataplane::BpffsScope::Host => None,
+        dataplane::BpffsScope::Private(why) if !allow_private => {
+            return Err(dataplane::LoadError::PrivateBpffs {
+                pin_dir: pin_dir.to_path_buf(),
+                why,
+            }
+            .into());
+        }
+        dataplane::BpffsScope::Private(why) => Some(format!(
+            "the pins under {} are on a bpffs private to the daemon's mount namespace ({why}): they, the program and its lists vanish with the daemon (allowed by --allow-private-bpffs)",
+            pin_dir.display()
+        )),
+        dataplane::BpffsScope::Unknown(why) => {
+            // Not refused: a sandbox without access to pid 1 is the likelier cause.
+            tracing::warn!(
+                "cannot tell whether the bpffs under {} is the host's ({why}); if it is private to this mount namespace, protection ends with the daemon",
+                pin_dir.display()
+            );
+            None
+        }
+    };
+    if let Some(w) = &warning {
+        tracing::warn!("{}", w.to_uppercase());
+    }
+    Ok((lock, warning))
 }
 
 /// SIGHUP, SIGTERM and SIGINT, taken by the daemon's signal task.

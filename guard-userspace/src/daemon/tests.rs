@@ -63,6 +63,7 @@ impl Fixture {
                 agent_listen: Some(String::new()),
                 ..Overrides::default()
             },
+            allow_private_bpffs: false,
         };
         let settings = load_settings(&opts).unwrap();
         let saved = match Store::new(self.dir.join("state")).load().unwrap() {
@@ -400,6 +401,7 @@ fn settings_are_the_file_then_the_flags() {
             pps: Some(9),
             ..Overrides::default()
         },
+        allow_private_bpffs: false,
     };
     let s = load_settings(&opts).unwrap();
     assert_eq!(s.limits.pps, 9);
@@ -407,6 +409,7 @@ fn settings_are_the_file_then_the_flags() {
     let bad = RunOptions {
         config: Some(PathBuf::from("/nonexistent/guard.toml")),
         overrides: Overrides::default(),
+        allow_private_bpffs: false,
     };
     let e = load_settings(&bad).unwrap_err();
     assert!(e.to_string().contains("/nonexistent/guard.toml"), "{e}");

@@ -1,7 +1,7 @@
 //! One second's work, on a blocking thread of its own (map walks and fsync stay off the
 //! runtime): log new bans, run the services' monitors, expire entries, bans and overrides,
 //! mirror bans to disk, then evaluate health and publish it with the metrics.
-use std::{path::PathBuf, time::Instant};
+use std::time::Instant;
 
 use guard_common::BanEvent;
 
@@ -9,7 +9,8 @@ use super::{
     BAN_LINES_PER_TICK, BanEvents, Daemon, LEARNED_SAVE_EVERY, SOURCE_COUNT_EVERY, ban_log_lines,
 };
 use crate::{
-    dataplane::{Attachment, Datapath, events},
+    control::Control,
+    dataplane::{Attachment, Datapath, events, link::LinkState},
     health::{
         CheckRunner, DropRate, Evaluator, Inputs, InterfaceInput, MapFill, ProcSource, StatusKind,
         SystemSample, dropped_packets,
@@ -54,7 +55,8 @@ pub(super) struct HealthInputs {
     now_unix: u64,
     counters: Result<Vec<(u32, guard_common::Counters)>, String>,
     attachments: Vec<Attachment>,
-    pin_dir: PathBuf,
+    /// Each attachment's link, as checked (and re-attached where it had been lost) this tick.
+    links: Vec<LinkState>,
     maps: Vec<MapFill>,
     bans_active: usize,
     operator: Option<crate::health::Override>,
@@ -160,12 +162,13 @@ impl<D: Datapath + BanEvents> Daemon<D> {
                 }
             }
         };
+        let links = self.check_links(&mut control);
         HealthInputs {
             loop_sound,
             now_unix: control.now_unix(),
             counters: control.counters().map_err(|e| error_chain(&e)),
             attachments: control.attachments().to_vec(),
-            pin_dir: control.settings().datapath.pin_dir.clone(),
+            links,
             maps: control.map_fill(sources),
             bans_active: control.bans_active(),
             operator: control.operator().cloned(),
@@ -176,6 +179,51 @@ impl<D: Datapath + BanEvents> Daemon<D> {
         }
     }
 
+    /// Asks the kernel whether each attachment's link is still on its interface; one whose
+    /// interface exists but lost the program (deleted and made anew under its name: a new
+    /// index) is attached again. A failed attempt is retried only once the interface's index
+    /// changes again, so a refusal is logged once, not every second.
+    fn check_links(&self, control: &mut Control<D>) -> Vec<LinkState> {
+        let pin_dir = control.settings().datapath.pin_dir.clone();
+        let mut failed = self
+            .reattach_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut links = Vec::with_capacity(control.attachments().len());
+        for i in 0..control.attachments().len() {
+            let a = control.attachments()[i].clone();
+            let mut state = (self.link_check)(&pin_dir, &a.iface);
+            if !state.attached
+                && let Some(now) = (self.if_index)(&a.iface)
+                && failed.get(&a.iface) != Some(&now)
+            {
+                match control.reattach(i) {
+                    Ok(b) => {
+                        failed.remove(&a.iface);
+                        tracing::warn!(
+                            "{}: re-attached the XDP program in {} mode (the interface came back as ifindex {}, was {}: {})",
+                            a.iface,
+                            b.mode,
+                            b.ifindex,
+                            a.ifindex,
+                            state.detail
+                        );
+                        state = (self.link_check)(&pin_dir, &a.iface);
+                    }
+                    Err(e) => {
+                        failed.insert(a.iface.clone(), now);
+                        tracing::error!(
+                            "{}: CANNOT RE-ATTACH THE XDP PROGRAM (ifindex {now}): {e}; retried when the interface changes again, or restart the daemon",
+                            a.iface
+                        );
+                    }
+                }
+            }
+            links.push(state);
+        }
+        links
+    }
+
     /// The health part of a tick, off the control plane's lock: evaluate and publish.
     fn evaluate(&self, inputs: HealthInputs) {
         let HealthInputs {
@@ -183,7 +231,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             now_unix,
             counters,
             attachments,
-            pin_dir,
+            links,
             maps,
             bans_active,
             operator,
@@ -204,8 +252,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             .update(dropped_packets(&sum), Instant::now());
         let mut interfaces = Vec::with_capacity(attachments.len());
         health.attached.resize(attachments.len(), true);
-        for (i, a) in attachments.iter().enumerate() {
-            let state = (self.link_check)(&pin_dir, &a.iface);
+        for (i, (a, state)) in attachments.iter().zip(&links).enumerate() {
             if state.attached != health.attached[i] {
                 if state.attached {
                     tracing::info!(

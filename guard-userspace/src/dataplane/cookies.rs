@@ -118,59 +118,64 @@ pub fn load_stages(ebpf: &mut Ebpf, kfunc: Result<(), String>) -> Result<(), Str
 /// cookies are then not used (the XDP stage alone would answer SYNs whose ACKs no listener
 /// takes).
 pub fn attach_tc(ebpf: &mut Ebpf, ifaces: &[(String, u32)], dir: &Path) -> Result<(), String> {
+    for (iface, ifindex) in ifaces {
+        attach_tc_on(ebpf, iface, *ifindex, dir)?;
+    }
+    for (iface, _, path) in &link_pins(dir) {
+        if !ifaces.iter().any(|(i, _)| i == iface) {
+            fs::remove_file(path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Attaches the TC stage at ingress of `iface` (index `ifindex`), adopting the link pinned for
+/// it under `dir` if that link is still on this interface, else replacing it.
+pub fn attach_tc_on(ebpf: &mut Ebpf, iface: &str, ifindex: u32, dir: &Path) -> Result<(), String> {
     fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let pinned = link_pins(dir);
     let tc: &mut SchedClassifier = ebpf
         .program_mut(map_names::TC_PROGRAM)
         .ok_or("the object has no TC stage")?
         .try_into()
         .map_err(|e| format!("the TC stage: {e}"))?;
-    for (iface, ifindex) in ifaces {
-        if let Some((_, _, path)) = pinned.iter().find(|(i, _, _)| i == iface) {
-            let adopted = match super::link::tcx_link_ifindex(path) {
-                Ok(Some(i)) if i == *ifindex => PinnedLink::from_pin(path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|pl| {
-                        SchedClassifierLink::try_from(FdLink::from(pl)).map_err(|e| e.to_string())
-                    })
-                    .and_then(|link| tc.attach_to_link(link).map_err(|e| e.to_string())),
-                Ok(_) => Err(format!("it is no longer on {iface} (ifindex {ifindex})")),
-                Err(e) => Err(e.to_string()),
-            };
-            match adopted {
-                Ok(_) => continue,
-                Err(why) => {
-                    tracing::info!(
-                        "not adopting the TC stage's link {} ({why}); attaching afresh",
-                        path.display()
-                    );
-                    fs::remove_file(path)
-                        .map_err(|e| format!("removing {}: {e}", path.display()))?;
-                }
+    if let Some((_, _, path)) = link_pins(dir).into_iter().find(|(i, _, _)| i == iface) {
+        let adopted = match super::link::tcx_link_ifindex(&path) {
+            Ok(Some(i)) if i == ifindex => PinnedLink::from_pin(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|pl| {
+                    SchedClassifierLink::try_from(FdLink::from(pl)).map_err(|e| e.to_string())
+                })
+                .and_then(|link| tc.attach_to_link(link).map_err(|e| e.to_string())),
+            Ok(_) => Err(format!("it is no longer on {iface} (ifindex {ifindex})")),
+            Err(e) => Err(e.to_string()),
+        };
+        match adopted {
+            Ok(_) => return Ok(()),
+            Err(why) => {
+                tracing::info!(
+                    "not adopting the TC stage's link {} ({why}); attaching afresh",
+                    path.display()
+                );
+                fs::remove_file(&path).map_err(|e| format!("removing {}: {e}", path.display()))?;
             }
         }
-        let id = tc
-            .attach_with_options(
-                iface,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(|e| format!("{iface}: attaching the TC stage (tcx ingress): {e}"))?;
-        let link = tc
-            .take_link(id)
-            .map_err(|e| format!("{iface}: the TC stage's link: {e}"))?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|e| format!("{iface}: the TC stage's link is no BPF link: {e}"))?;
-        let path = dir.join(link_pin_name(iface, "tcx"));
-        fd.pin(&path)
-            .map_err(|e| format!("pinning {}: {e}", path.display()))?;
     }
-    for (iface, _, path) in &pinned {
-        if !ifaces.iter().any(|(i, _)| i == iface) {
-            fs::remove_file(path).map_err(|e| format!("removing {}: {e}", path.display()))?;
-        }
-    }
+    let id = tc
+        .attach_with_options(
+            iface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| format!("{iface}: attaching the TC stage (tcx ingress): {e}"))?;
+    let link = tc
+        .take_link(id)
+        .map_err(|e| format!("{iface}: the TC stage's link: {e}"))?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e| format!("{iface}: the TC stage's link is no BPF link: {e}"))?;
+    let path = dir.join(link_pin_name(iface, "tcx"));
+    fd.pin(&path)
+        .map_err(|e| format!("pinning {}: {e}", path.display()))?;
     Ok(())
 }
 

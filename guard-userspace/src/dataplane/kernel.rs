@@ -20,6 +20,7 @@ use crate::{
     dataplane::{DatapathError, List, seen::SeenFilter},
 };
 
+mod batch;
 mod maps;
 
 pub(super) fn if_index(iface: &str) -> Option<u32> {
@@ -86,6 +87,8 @@ pub struct KernelDatapath {
     /// `GUARD_SEEN`, mapped: bits set before every insert into the tracker, `BANS` or
     /// `KNOWN` from here, and rebuilt by `refresh_seen`.
     pub(super) seen: SeenFilter,
+    /// bpf(2) calls made by whole-map reads (`batch`), for tests of their cost.
+    walk_calls: std::sync::atomic::AtomicU64,
 }
 
 type V4Trie = LpmTrie<MapData, [u8; 4], ListEntry>;
@@ -179,6 +182,7 @@ impl KernelDatapath {
             cookies: Err("not loaded".to_string()),
             tc: Err("the TC stage is not attached (not started)".to_string()),
             pin_root: None,
+            walk_calls: std::sync::atomic::AtomicU64::new(0),
         })
         .and_then(|mut dp| {
             // Adopted maps keep their config and entries: start from them.
@@ -248,6 +252,11 @@ impl KernelDatapath {
                 .map_err(|e| LoadError::Link(e.to_string()))?;
             Ok(dp)
         })
+    }
+
+    /// bpf(2) calls the whole-map reads (sources, bans, known) made since load.
+    pub fn walk_calls(&self) -> u64 {
+        self.walk_calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Possible CPUs, among which the per-CPU budgets are shared out.

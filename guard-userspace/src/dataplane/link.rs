@@ -82,7 +82,8 @@ pub fn check(pin_dir: &Path, iface: &str) -> LinkState {
     }
 }
 
-fn if_index(iface: &str) -> Option<u32> {
+/// The index of `iface` in this network namespace, if it exists.
+pub fn if_index(iface: &str) -> Option<u32> {
     super::kernel::if_index(iface)
 }
 

@@ -27,11 +27,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gu
 /// Where bpffs is mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
 
-/// Mounts bpffs at /sys/fs/bpf unless something is mounted there already.
+/// Mounts bpffs at /sys/fs/bpf unless something is mounted there already. True if it did.
 ///
 /// # Errors
 /// When the mount fails (not root, or no bpffs in this kernel).
-pub fn ensure_bpffs() -> Result<(), LoadError> {
+pub fn ensure_bpffs() -> Result<bool, LoadError> {
     let mounts = procfs::mounts().map_err(|e| LoadError::Io {
         op: "read",
         path: "/proc/self/mounts".into(),
@@ -41,7 +41,7 @@ pub fn ensure_bpffs() -> Result<(), LoadError> {
         .iter()
         .any(|m| m.fs_file == BPFFS && m.fs_vfstype == "bpf")
     {
-        return Ok(());
+        return Ok(false);
     }
     fs::create_dir_all(BPFFS).map_err(LoadError::Mount)?;
     nix::mount::mount(
@@ -51,6 +51,7 @@ pub fn ensure_bpffs() -> Result<(), LoadError> {
         nix::mount::MsFlags::empty(),
         None::<&str>,
     )
+    .map(|()| true)
     .map_err(|e| LoadError::Mount(e.into()))
 }
 
@@ -257,6 +258,7 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
                         ifindex,
                         mode: mode.clone(),
                         adopted: true,
+                        reattached: 0,
                     });
                     continue;
                 }
@@ -269,48 +271,13 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
                 }
             }
         }
-        let tries: &[(XdpMode, &str)] = match opts.mode {
-            AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-            AttachMode::Native => &[(XdpMode::Driver, "native")],
-            AttachMode::Generic => &[(XdpMode::Skb, "generic")],
-        };
-        let mut last_err = None;
-        let mut done = None;
-        for (mode, label) in tries {
-            match program.attach(iface, *mode) {
-                Ok(id) => {
-                    done = Some((id, *label));
-                    break;
-                }
-                Err(e) => {
-                    tracing::info!("{iface}: {label} XDP unavailable: {e}");
-                    last_err = Some((*label, e));
-                }
-            }
-        }
-        let Some((id, label)) = done else {
-            let (mode, source) = last_err.expect("at least one mode was tried");
-            return Err(LoadError::Attach {
-                iface: iface.clone(),
-                mode,
-                source,
-            });
-        };
-        let link = program.take_link(id).map_err(LoadError::Program)?;
-        let fd_link: FdLink = link.try_into().map_err(|e| {
-            LoadError::Link(format!(
-                "{iface}: the kernel attached without a BPF link ({e}); cannot pin it"
-            ))
-        })?;
-        let path = links_dir.join(link_pin_name(iface, label));
-        fd_link
-            .pin(&path)
-            .map_err(|e| LoadError::Link(format!("pinning {}: {e}", path.display())))?;
+        let label = attach_fresh(program, iface, opts.mode, &links_dir)?;
         attachments.push(Attachment {
             iface: iface.clone(),
             ifindex,
             mode: label.to_string(),
             adopted: false,
+            reattached: 0,
         });
     }
     datapath.pin_root = Some(opts.pin_dir.clone());
@@ -342,6 +309,88 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
         datapath,
         attachments,
     })
+}
+
+/// Attaches `program` to `iface` in `mode` (auto: native, else generic) and pins the link
+/// under `links_dir`; returns the mode it got.
+fn attach_fresh(
+    program: &mut Xdp,
+    iface: &str,
+    mode: AttachMode,
+    links_dir: &Path,
+) -> Result<&'static str, LoadError> {
+    let tries: &[(XdpMode, &str)] = match mode {
+        AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+        AttachMode::Native => &[(XdpMode::Driver, "native")],
+        AttachMode::Generic => &[(XdpMode::Skb, "generic")],
+    };
+    let mut last_err = None;
+    let mut done = None;
+    for (mode, label) in tries {
+        match program.attach(iface, *mode) {
+            Ok(id) => {
+                done = Some((id, *label));
+                break;
+            }
+            Err(e) => {
+                tracing::info!("{iface}: {label} XDP unavailable: {e}");
+                last_err = Some((*label, e));
+            }
+        }
+    }
+    let Some((id, label)) = done else {
+        let (mode, source) = last_err.expect("at least one mode was tried");
+        return Err(LoadError::Attach {
+            iface: iface.to_string(),
+            mode,
+            source,
+        });
+    };
+    let link = program.take_link(id).map_err(LoadError::Program)?;
+    let fd_link: FdLink = link.try_into().map_err(|e| {
+        LoadError::Link(format!(
+            "{iface}: the kernel attached without a BPF link ({e}); cannot pin it"
+        ))
+    })?;
+    let path = links_dir.join(link_pin_name(iface, label));
+    fd_link
+        .pin(&path)
+        .map_err(|e| LoadError::Link(format!("pinning {}: {e}", path.display())))?;
+    Ok(label)
+}
+
+/// Attaches the loaded program afresh to `iface`, which came back (deleted and made anew: a
+/// new index) or lost its link: the dead link's pin is removed and the new link pinned in its
+/// place. Returns the interface's index and the mode it got.
+///
+/// # Errors
+/// When the interface is gone, or the kernel refuses the attachment or the pin.
+pub(super) fn reattach(
+    datapath: &mut KernelDatapath,
+    pin_dir: &Path,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<(u32, &'static str), LoadError> {
+    let ifindex = if_index(iface).ok_or_else(|| LoadError::NoInterface {
+        iface: iface.to_string(),
+    })?;
+    let links_dir = versioned_dir(pin_dir).join("links");
+    for (i, _, path) in link_pins(&links_dir) {
+        if i == iface {
+            fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        }
+    }
+    let label = attach_fresh(datapath.program_mut()?, iface, mode, &links_dir)?;
+    // The SYN cookies' TC stage follows the XDP program onto the new interface; where it
+    // cannot, no service sends cookies (the next tick clears their flag).
+    if datapath.cookies.is_ok() {
+        let tc_dir = versioned_dir(pin_dir).join("tc");
+        datapath.tc = super::cookies::attach_tc_on(&mut datapath.ebpf, iface, ifindex, &tc_dir);
+        if let Err(why) = &datapath.tc {
+            tracing::warn!("SYN cookies at the NIC are off: {why}");
+        }
+    }
+    Ok((ifindex, label))
 }
 
 /// An upgrade from an older layout (`<pin_dir>/v<N>` with N below this one): its pinned links

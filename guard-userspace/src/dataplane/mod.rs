@@ -6,6 +6,7 @@ mod kernel;
 pub mod link;
 mod loader;
 
+mod pindir;
 mod pins;
 pub mod seen;
 mod testrun;
@@ -13,6 +14,7 @@ mod types;
 
 pub use kernel::KernelDatapath;
 pub use loader::{BPFFS, detach, ensure_bpffs, load, start};
+pub use pindir::{BpffsScope, PinDirLock, bpffs_scope, lock_pin_dir};
 pub use pins::{link_pin_name, link_pins, parse_link_pin_name, versioned_dir};
 pub use testrun::CpuRun;
 pub use types::{AttachMode, Attachment, LoadError, Loaded, StartOptions};
@@ -140,6 +142,21 @@ pub trait Datapath {
     fn kernel_syncookies(&mut self, wanted: bool) -> Result<Option<String>, String> {
         let _ = wanted;
         Ok(None)
+    }
+    /// Attaches the program afresh to `iface` (it came back under a new index, or its link
+    /// was severed), replacing the link pinned for it under `pin_dir`. Returns the new
+    /// index and the mode (`native` or `generic`).
+    ///
+    /// # Errors
+    /// Why not, for the log.
+    fn reattach(
+        &mut self,
+        pin_dir: &std::path::Path,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<(u32, &'static str), String> {
+        let _ = (pin_dir, mode);
+        Err(format!("this data plane cannot attach to {iface}"))
     }
 }
 

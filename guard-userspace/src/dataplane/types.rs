@@ -32,6 +32,10 @@ pub struct Attachment {
     /// True if the attachment was adopted from a previous run's pins (and its program
     /// replaced in place, with no gap in protection).
     pub adopted: bool,
+    /// Times the daemon attached it again after the interface came back (deleted and made
+    /// anew under its name) or lost its link.
+    #[serde(default)]
+    pub reattached: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,21 @@ pub enum LoadError {
     Mount(#[source] io::Error),
     #[error("{0}")]
     Link(String),
+    #[error(
+        "another guard daemon{} holds the pin directory {}: two daemons on one set of pins undo each other's lists and bans. Stop it first, or give this one its own --pin-dir",
+        holder.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        pin_dir.display()
+    )]
+    Locked {
+        pin_dir: PathBuf,
+        /// The holder's pid, if `/proc/locks` named it.
+        holder: Option<u32>,
+    },
+    #[error(
+        "the pin directory {} is on a bpffs private to this mount namespace ({why}): its pins, and with them the program and its lists, would vanish with the daemon, leaving the host unprotected after a crash. Run the daemon in the host's mount namespace (`nsenter --net=/run/netns/NAME`, not `ip netns exec`, which remounts /sys), or pass --allow-private-bpffs to run anyway",
+        pin_dir.display()
+    )]
+    PrivateBpffs { pin_dir: PathBuf, why: String },
 }
 
 /// The loaded program with its maps.

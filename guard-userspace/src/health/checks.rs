@@ -367,11 +367,19 @@ pub async fn run_all(checks: &[LocalCheck]) -> Vec<CheckResult> {
     futures_util::future::join_all(checks.iter().map(LocalCheck::run_async)).await
 }
 
+/// Rounds without a new result after which the last one counts as failed: a round that hangs
+/// (a resolver that never answers, a check waiting out a long timeout, a runner that died)
+/// must not leave a `pass` standing.
+pub const STALE_ROUNDS: u32 = 3;
+
 /// Runs the configured checks every `interval` as a task on the current runtime and keeps the
 /// latest results. Dropping it stops the task.
 pub struct CheckRunner {
     checks: watch::Sender<Arc<Vec<LocalCheck>>>,
-    results: watch::Receiver<Option<Vec<CheckResult>>>,
+    /// The latest round's results and when it finished.
+    results: watch::Receiver<Option<(Instant, Vec<CheckResult>)>>,
+    /// Results older than this count as failed.
+    stale_after: Duration,
     task: JoinHandle<()>,
 }
 
@@ -393,7 +401,7 @@ impl CheckRunner {
                 ticks.tick().await;
                 let checks = Arc::clone(&checks_rx.borrow_and_update());
                 let round = run_all(&checks).await;
-                if results_tx.send(Some(round)).is_err() {
+                if results_tx.send(Some((Instant::now(), round))).is_err() {
                     break;
                 }
             }
@@ -401,13 +409,18 @@ impl CheckRunner {
         Ok(Self {
             checks: checks_tx,
             results,
+            stale_after: interval * STALE_ROUNDS,
             task,
         })
     }
 
-    /// The latest round's results; `None` until the first round has finished.
+    /// The latest round's results; `None` until the first round has finished. Results older
+    /// than [`STALE_ROUNDS`] intervals come back failed, saying how old they are: a check
+    /// whose answer takes longer than that counts as failed while it waits, whatever its
+    /// timeout (which bounds how long one attempt may hold a connection).
     pub fn results(&self) -> Option<Vec<CheckResult>> {
-        self.results.borrow().clone()
+        let (at, results) = self.results.borrow().clone()?;
+        Some(stale(results, at.elapsed(), self.stale_after))
     }
 
     /// Replaces the checks (a reload); the next round uses them. Results of the old checks stay
@@ -415,6 +428,26 @@ impl CheckRunner {
     pub fn set_checks(&self, checks: Vec<LocalCheck>) {
         self.checks.send_replace(Arc::new(checks));
     }
+}
+
+/// `results`, failed with a reason if they are `age` old and that is past `stale_after`.
+pub fn stale(results: Vec<CheckResult>, age: Duration, stale_after: Duration) -> Vec<CheckResult> {
+    if age <= stale_after {
+        return results;
+    }
+    results
+        .into_iter()
+        .map(|r| CheckResult {
+            ok: false,
+            elapsed: age,
+            detail: format!(
+                "no result for {:.1} s (the check round has not finished; last: {})",
+                age.as_secs_f64(),
+                r.detail
+            ),
+            ..r
+        })
+        .collect()
 }
 
 impl Drop for CheckRunner {

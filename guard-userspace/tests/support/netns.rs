@@ -59,11 +59,17 @@ pub struct Testbed {
 
 impl Testbed {
     pub fn new() -> Self {
-        let tag = format!(
-            "{}x{}",
-            std::process::id() % 100_000,
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        Self::tagged(&format!("{}", std::process::id() % 100_000))
+    }
+
+    /// A testbed whose names (namespaces, veths, pins) start with `prefix` and a short pid,
+    /// for telling apart the testbeds of tests run side by side.
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self::tagged(&format!("{prefix}{}", std::process::id() % 1000))
+    }
+
+    fn tagged(head: &str) -> Self {
+        let tag = format!("{head}x{}", SEQ.fetch_add(1, Ordering::Relaxed));
         let tmp = std::env::temp_dir().join(format!("guard-test-{tag}"));
         std::fs::create_dir_all(&tmp).unwrap();
         Self {
@@ -106,16 +112,14 @@ impl Testbed {
     /// daemon shares bpffs, so its pins outlive it). Socket, pins and state are private to
     /// this testbed.
     pub fn start_guard(&mut self, ns: &str, args: &[&str]) -> usize {
+        self.start_guard_in(ns, &[], args)
+    }
+
+    /// Like `start_guard`, with `wrapper` run between nsenter and guard (`unshare -m ...`).
+    pub fn start_guard_in(&mut self, ns: &str, wrapper: &[&str], args: &[&str]) -> usize {
         let log = File::create(self.tmp.join(format!("guard-{}.log", self.daemons.len()))).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
-            .arg(env!("CARGO_BIN_EXE_guard"))
-            .arg("run")
-            .args(["--socket", self.socket().to_str().unwrap()])
-            .args(["--pin-dir", self.pin_dir.to_str().unwrap()])
-            .args(["--state-dir", self.tmp.join("state").to_str().unwrap()])
-            .args(args)
-            .stdin(Stdio::null())
+        let child = self
+            .guard_run(ns, wrapper, &self.socket(), args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -123,6 +127,22 @@ impl Testbed {
         self.daemons.push(child);
         self.wait_ready();
         self.daemons.len() - 1
+    }
+
+    /// `guard run` in `ns` (through `wrapper`, if any) with `socket` and this testbed's pins
+    /// and state.
+    fn guard_run(&self, ns: &str, wrapper: &[&str], socket: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{ns}"))
+            .args(wrapper)
+            .arg(env!("CARGO_BIN_EXE_guard"))
+            .arg("run")
+            .args(["--socket", socket.to_str().unwrap()])
+            .args(["--pin-dir", self.pin_dir.to_str().unwrap()])
+            .args(["--state-dir", self.tmp.join("state").to_str().unwrap()])
+            .args(args)
+            .stdin(Stdio::null());
+        c
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -138,18 +158,24 @@ impl Testbed {
         args: &[&str],
         timeout: Duration,
     ) -> (std::process::ExitStatus, String) {
+        let socket = self.socket();
+        self.run_guard_to_exit_in(ns, &[], &socket, args, timeout)
+    }
+
+    /// Like `run_guard_to_exit`, through `wrapper` and on `socket`.
+    pub fn run_guard_to_exit_in(
+        &mut self,
+        ns: &str,
+        wrapper: &[&str],
+        socket: &Path,
+        args: &[&str],
+        timeout: Duration,
+    ) -> (std::process::ExitStatus, String) {
         let n = self.daemons.len();
         let path = self.tmp.join(format!("guard-{n}.log"));
         let log = File::create(&path).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{ns}"))
-            .arg(env!("CARGO_BIN_EXE_guard"))
-            .arg("run")
-            .args(["--socket", self.socket().to_str().unwrap()])
-            .args(["--pin-dir", self.pin_dir.to_str().unwrap()])
-            .args(["--state-dir", self.tmp.join("state").to_str().unwrap()])
-            .args(args)
-            .stdin(Stdio::null())
+        let child = self
+            .guard_run(ns, wrapper, socket, args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

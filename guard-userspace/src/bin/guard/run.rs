@@ -22,6 +22,10 @@ pub struct RunArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     overrides: RunFlags,
+    /// Run even when the pins' bpffs is private to this mount namespace (as under `ip netns
+    /// exec`): the program and its lists then vanish with the daemon.
+    #[arg(long)]
+    allow_private_bpffs: bool,
 }
 
 /// `guard run` flags that override the config file (the library's [`Overrides`], with clap). Unset flags leave the file's value.
@@ -127,11 +131,16 @@ pub struct DetachArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let RunArgs { config, overrides } = args;
+    let RunArgs {
+        config,
+        overrides,
+        allow_private_bpffs,
+    } = args;
     daemon::init_logging();
     daemon::run(RunOptions {
         config,
         overrides: overrides.into(),
+        allow_private_bpffs,
     })
     .context("cannot start the guard daemon")
 }

@@ -354,6 +354,9 @@ pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
         s.allow_entries, s.deny_entries, s.bans, s.prefix_bans, s.known_sources
     );
     println!("pins        {}", s.pin_dir);
+    for w in &s.warnings {
+        println!("WARNING     {w}");
+    }
     println!("state       {}", s.state_file);
     let c = &s.syn_cookies;
     let sysctl = match (c.sysctl.value, c.sysctl.replaced) {
@@ -365,13 +368,18 @@ pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
         None => println!("syn cookies available at the NIC (XDP + TC ingress); {sysctl}"),
         Some(why) => println!("syn cookies unavailable at the NIC: {why}; {sysctl}"),
     }
-    let mut t = Table::new(&["INTERFACE", "IFINDEX", "XDP MODE", "ADOPTED"]);
+    let mut t = Table::new(&["INTERFACE", "IFINDEX", "XDP MODE", "ADOPTED", "RE-ATTACHED"]);
     for a in &s.attachments {
         t.row(vec![
             a.iface.clone(),
             a.ifindex.to_string(),
             a.mode.clone(),
             if a.adopted { "yes" } else { "no" }.to_string(),
+            match a.reattached {
+                0 => "no".to_string(),
+                1 => "once".to_string(),
+                n => format!("{n} times"),
+            },
         ]);
     }
     print!("\n{t}");

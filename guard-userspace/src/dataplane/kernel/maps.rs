@@ -92,9 +92,7 @@ impl Datapath for KernelDatapath {
     }
 
     fn bans(&self) -> Result<Vec<(SourceKey, Ban)>, DatapathError> {
-        self.bans
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
+        super::batch::read_all(&self.bans, &self.walk_calls)
             .map_err(map_err(map_names::BANS, "read"))
     }
 
@@ -141,8 +139,10 @@ impl Datapath for KernelDatapath {
     }
 
     fn sources(&self) -> Result<Vec<(SourceKey, SourceState)>, DatapathError> {
-        // The LRU may evict entries while we walk it; a vanished key is simply skipped.
-        Ok(self.sources.iter().filter_map(Result::ok).collect())
+        // In batches, each key once: the LRU evicting entries mid-walk neither restarts the
+        // walk nor counts an entry twice.
+        super::batch::read_all(&self.sources, &self.walk_calls)
+            .map_err(map_err(map_names::SOURCES, "read"))
     }
 
     fn prefix_ban_insert(&mut self, cidr: &Cidr, entry: ListEntry) -> Result<(), DatapathError> {
@@ -215,8 +215,8 @@ impl Datapath for KernelDatapath {
     }
 
     fn known(&self) -> Result<Vec<(SourceKey, Known)>, DatapathError> {
-        // The program inserts while we walk; a vanished key is simply skipped.
-        Ok(self.known.iter().filter_map(Result::ok).collect())
+        super::batch::read_all(&self.known, &self.walk_calls)
+            .map_err(map_err(map_names::KNOWN, "read"))
     }
 
     fn known_insert(&mut self, key: &SourceKey, known: &Known) -> Result<(), DatapathError> {
@@ -250,6 +250,16 @@ impl Datapath for KernelDatapath {
             return Err(e);
         }
         Ok(())
+    }
+
+    fn reattach(
+        &mut self,
+        pin_dir: &std::path::Path,
+        iface: &str,
+        mode: crate::dataplane::AttachMode,
+    ) -> Result<(u32, &'static str), String> {
+        crate::dataplane::loader::reattach(self, pin_dir, iface, mode)
+            .map_err(|e| crate::rpc::error_chain(&e))
     }
 
     fn known_remove(&mut self, key: &SourceKey) -> Result<bool, DatapathError> {

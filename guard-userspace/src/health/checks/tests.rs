@@ -168,3 +168,82 @@ fn runner_reports_none_before_the_first_round_then_results() {
     runner.set_checks(Vec::new());
     drop(runner);
 }
+
+#[test]
+fn a_round_that_never_finishes_turns_its_last_results_failed_after_a_few_intervals() {
+    // A listener that takes the connection and never answers: the http check waits out its
+    // 10 s timeout, far past three rounds of 50 ms.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    let answering = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = std::sync::Arc::clone(&answering);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { break };
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            } else {
+                held.push(s);
+            }
+        }
+    });
+    let check = LocalCheck::from_spec(
+        0,
+        &CheckSpec {
+            kind: "http".into(),
+            target: format!("http://{addr}/"),
+            timeout_ms: Some(10_000),
+        },
+    )
+    .expect("valid");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let _in_runtime = rt.enter();
+    let runner = CheckRunner::spawn(vec![check], Duration::from_millis(50)).expect("spawn");
+    let wait = |want: bool| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            if let Some(r) = runner.results()
+                && r[0].ok == want
+            {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no ok={want} within 3 s: {:?}",
+                runner.results()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait(true);
+    answering.store(false, std::sync::atomic::Ordering::SeqCst);
+    let r = wait(false);
+    assert!(r[0].detail.contains("no result for"), "{r:?}");
+    drop(runner);
+}
+
+#[test]
+fn fresh_results_stand_and_old_ones_fail_naming_their_age() {
+    let r = vec![CheckResult {
+        kind: CheckKind::Tcp,
+        target: "x:1".into(),
+        ok: true,
+        elapsed: Duration::from_millis(3),
+        detail: "connected to 127.0.0.1:1".into(),
+    }];
+    let s = Duration::from_secs(3);
+    assert!(stale(r.clone(), Duration::from_secs(2), s)[0].ok);
+    let old = stale(r, Duration::from_secs(5), s);
+    assert!(!old[0].ok);
+    assert!(
+        old[0].detail.starts_with("no result for 5.0 s"),
+        "{}",
+        old[0].detail
+    );
+    assert!(old[0].detail.contains("connected to"), "{}", old[0].detail);
+}

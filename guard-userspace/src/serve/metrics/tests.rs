@@ -10,6 +10,7 @@ fn attachment(iface: &str, ifindex: u32) -> Attachment {
         ifindex,
         mode: "native".into(),
         adopted: false,
+        reattached: 0,
     }
 }
 
