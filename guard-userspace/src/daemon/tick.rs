@@ -62,6 +62,7 @@ pub(super) struct HealthInputs {
     services: Vec<crate::control::attack::ServiceReport>,
     known_sources: usize,
     prefix_bans: usize,
+    store: Option<String>,
 }
 
 impl<D: Datapath + BanEvents> Daemon<D> {
@@ -173,6 +174,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             services: control.service_reports(),
             known_sources: control.known_count(),
             prefix_bans: control.prefix_ban_count(),
+            store: control.store_warning(),
         }
     }
 
@@ -191,6 +193,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             services,
             known_sources,
             prefix_bans,
+            store,
         } = inputs;
         let mut health = self.lock_health();
         let mut sum = guard_common::Counters::default();
@@ -237,6 +240,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             operator,
             drop_rate_pps,
             services: services.clone(),
+            store,
         });
         let kind = report.status.kind();
         if health.last_status != Some(kind) {

@@ -20,6 +20,11 @@ pub struct RunArgs {
     /// TOML config file (default: the built-in config, `guard config default`).
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// If the state store is damaged, move it aside and start without it (from the pinned
+    /// maps if any survived, else empty); health warns until the moved file is deleted.
+    /// Without this flag a damaged store stops the start.
+    #[arg(long)]
+    start_empty: bool,
     #[command(flatten)]
     overrides: RunFlags,
 }
@@ -57,7 +62,7 @@ pub struct RunFlags {
     /// bpffs directory for the pins (the layout version, v2/, is appended).
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
-    /// Directory of the state file.
+    /// Directory of the state store (guard.db).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Where the health HTTP server listens (/livez, /readyz, /readyz/haproxy, /metrics);
@@ -127,11 +132,16 @@ pub struct DetachArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let RunArgs { config, overrides } = args;
+    let RunArgs {
+        config,
+        start_empty,
+        overrides,
+    } = args;
     daemon::init_logging();
     daemon::run(RunOptions {
         config,
         overrides: overrides.into(),
+        start_empty,
     })
     .context("cannot start the guard daemon")
 }
