@@ -51,6 +51,8 @@ pub fn sh(args: &[&str]) -> Output {
 pub struct Testbed {
     /// Unique tag in every name this testbed creates.
     pub tag: String,
+    /// The first letters of every namespace and interface name.
+    prefix: &'static str,
     namespaces: Vec<String>,
     daemons: Vec<Child>,
     pub pin_dir: PathBuf,
@@ -59,6 +61,12 @@ pub struct Testbed {
 
 impl Testbed {
     pub fn new() -> Self {
+        Self::with_prefix("g")
+    }
+
+    /// A testbed whose namespaces and interfaces are named `<prefix><tag>...` (a test suite
+    /// run beside others on one machine picks its own).
+    pub fn with_prefix(prefix: &'static str) -> Self {
         let tag = format!(
             "{}x{}",
             std::process::id() % 100_000,
@@ -69,6 +77,7 @@ impl Testbed {
         Self {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/guard-test-{tag}")),
             tag,
+            prefix,
             namespaces: Vec::new(),
             daemons: Vec::new(),
             tmp,
@@ -77,7 +86,7 @@ impl Testbed {
 
     /// Creates a namespace named `g<tag><role>` with loopback up; returns its name.
     pub fn netns(&mut self, role: &str) -> String {
-        let name = format!("g{}{role}", self.tag);
+        let name = format!("{}{}{role}", self.prefix, self.tag);
         sh(&["ip", "netns", "add", &name]);
         self.namespaces.push(name.clone());
         sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
@@ -88,8 +97,13 @@ impl Testbed {
     /// Returns the interface names (a side, b side). Names fit IFNAMSIZ.
     pub fn link(&mut self, a_ns: &str, a_addr: &str, b_ns: &str, b_addr: &str) -> (String, String) {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let a = format!("gv{}{n}a", self.tag);
-        let b = format!("gv{}{n}b", self.tag);
+        let v = if self.prefix == "g" {
+            "gv"
+        } else {
+            self.prefix
+        };
+        let a = format!("{v}{}{n}a", self.tag);
+        let b = format!("{v}{}{n}b", self.tag);
         assert!(a.len() <= 15, "interface name {a} too long");
         sh(&[
             "ip", "link", "add", &a, "netns", a_ns, "type", "veth", "peer", "name", &b, "netns",
