@@ -61,7 +61,11 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
 
     // Read the state before attaching: an unreadable state directory or a damaged store
     // stops us here, with nothing attached or changed.
-    let (store, saved) = open_store(&settings.state.dir, opts.start_empty)?;
+    let StartStore {
+        store,
+        damaged_aside,
+        saved,
+    } = open_store(&settings.state.dir, opts.start_empty)?;
 
     // Bound before touching the maps: a second `guard run` stops here instead of rewriting
     // the running daemon's config and lists. Clients wait in the backlog until we serve.
@@ -122,7 +126,6 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     }
     let limits = settings.limits;
     let dry_run = settings.datapath.dry_run;
-    let (store, damaged_aside) = store;
     let mut control = Control::new(datapath, settings, attachments).with_store(store);
     if let Some(aside) = damaged_aside {
         control.set_damaged_aside(aside);
@@ -207,13 +210,19 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     result
 }
 
+/// The state store as start-up found it.
+struct StartStore {
+    store: Store,
+    /// Where a damaged store was moved (`--start-empty`).
+    damaged_aside: Option<PathBuf>,
+    /// What it holds; `None` when nothing is stored.
+    saved: Option<state::State>,
+}
+
 /// Opens the state store (migrating a JSON state file once). A damaged one stops the start
 /// unless `start_empty`, which moves it aside (returned, for health to warn about). A full
 /// disk does not stop it: the store is created once there is room.
-fn open_store(
-    dir: &std::path::Path,
-    start_empty: bool,
-) -> Result<((Store, Option<PathBuf>), Option<state::State>), DaemonError> {
+fn open_store(dir: &std::path::Path, start_empty: bool) -> Result<StartStore, DaemonError> {
     let (store, opened) = Store::open(dir)?;
     let (store, opened, aside) = match opened {
         Opened::Damaged { path, problem } if !start_empty => {
@@ -261,7 +270,11 @@ fn open_store(
             store.path().display()
         );
     }
-    Ok(((store, aside), saved))
+    Ok(StartStore {
+        store,
+        damaged_aside: aside,
+        saved,
+    })
 }
 
 /// SIGHUP, SIGTERM and SIGINT, taken by the daemon's signal task.
