@@ -871,6 +871,14 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_unit_starts_after_the_clock_is_set() {
+        // Restore turns stored wall-clock expiries into monotonic ones (issue #12, fault 8).
+        let unit = String::from_utf8(packaging("guard.service").unwrap()).unwrap();
+        assert!(unit.contains("\nAfter=time-sync.target\n"), "{unit}");
+        assert!(unit.contains("\nWants=time-sync.target\n"), "{unit}");
+    }
+
+    #[test]
     fn the_packaged_unit_runs_the_packaged_paths() {
         let unit = String::from_utf8(packaging("guard.service").unwrap()).unwrap();
         assert!(unit.contains(&format!("ExecStart=/{BIN} run --config /{CONFIG}\n")));

@@ -25,7 +25,7 @@ pub struct Overrides {
     pub socket: Option<PathBuf>,
     /// bpffs directory for the pins (the layout version, v2/, is appended).
     pub pin_dir: Option<PathBuf>,
-    /// Directory of the state file.
+    /// Directory of the state store (guard.db).
     pub state_dir: Option<PathBuf>,
     /// Where the health HTTP server listens (/livez, /readyz, /readyz/haproxy, /metrics);
     /// "" turns it off. Replaces [health] listen.

@@ -332,9 +332,9 @@ impl Settings {
         }
     }
 
-    /// The state file path.
+    /// The state store's path.
     pub fn state_file(&self) -> PathBuf {
-        self.state.dir.join(crate::state::FILE_NAME)
+        self.state.dir.join(crate::state::DB_FILE_NAME)
     }
 
     /// The settings that a reload cannot change without a restart and that differ in `new`,

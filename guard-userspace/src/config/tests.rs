@@ -240,7 +240,7 @@ fn flags_override_the_file_and_are_validated() {
     assert!(s.datapath.dry_run);
     assert_eq!(s.limits.pps, 7);
     assert_eq!(s.limits.ban_seconds, 0);
-    assert_eq!(s.state_file(), PathBuf::from("/tmp/st/state.json"));
+    assert_eq!(s.state_file(), PathBuf::from("/tmp/st/guard.db"));
 
     let e = s
         .apply(&Overrides {

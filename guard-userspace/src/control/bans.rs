@@ -69,8 +69,9 @@ impl<D: Datapath> Control<D> {
     ///
     /// # Errors
     ///
-    /// [`ControlError::NotBanned`] if none matches; a map error. The state file is brought in
-    /// line at the next sweep if saving it fails here.
+    /// [`ControlError::NotBanned`] if none matches; a map error. Not refused when the store
+    /// cannot save (the ban is lifted in the kernel already): the removal stays unsaved and
+    /// is retried each tick; a restart before then brings the ban back until it expires.
     pub fn unban(&mut self, cidr: Cidr) -> Result<Vec<BanInfo>, ControlError> {
         let now_unix = (self.wall)();
         let now_ns = self.dp.now_ns();
@@ -84,7 +85,9 @@ impl<D: Datapath> Control<D> {
         for (key, ban) in self.dp.bans()? {
             if overlaps(&key) && self.dp.ban_remove(&key)? {
                 lifted.insert(key);
-                self.bans.remove(&key);
+                if self.bans.remove(&key).is_some() {
+                    self.unsaved.bans.insert(key);
+                }
                 if ban.expires_ns > now_ns {
                     removed.push(self.ban_info(&key, &ban, now_unix, now_ns));
                 }
@@ -111,7 +114,7 @@ impl<D: Datapath> Control<D> {
             return Err(ControlError::NotBanned { cidr });
         }
         removed.sort_by_key(|b| b.source);
-        self.persist()?;
+        self.flush();
         Ok(removed)
     }
 }

@@ -1,5 +1,5 @@
 //! The allow and deny lists: add (with TTL and reason), delete, list and import, each change
-//! in the map and the state file together (a failed save undoes the map change).
+//! in the map and the state store together (a failed save undoes the map change).
 use super::*;
 
 impl<D: Datapath> Control<D> {
@@ -21,8 +21,9 @@ impl<D: Datapath> Control<D> {
         let entry = self.new_entry(cidr, ttl, reason);
         self.dp
             .list_insert(list, &cidr, ListEntry::expiring(entry.expires_ns))?;
+        let record = entry.record.clone();
         let old = self.list_mut(list).insert(cidr, entry);
-        if let Err(e) = self.persist() {
+        if let Err(e) = self.save_now(|w| w.put_list(list, &record)) {
             self.undo(list, cidr, old);
             return Err(e);
         }
@@ -67,7 +68,7 @@ impl<D: Datapath> Control<D> {
         }
         self.dp.list_remove(list, &cidr)?;
         let old = self.list_mut(list).remove(&cidr);
-        if let Err(e) = self.persist() {
+        if let Err(e) = self.save_now(|w| w.del_list(list, &cidr)) {
             self.undo(list, cidr, old);
             return Err(e);
         }
@@ -79,7 +80,8 @@ impl<D: Datapath> Control<D> {
         self.list(list).values().map(|e| e.record.clone()).collect()
     }
 
-    /// Adds (or replaces) many entries at once, all or nothing, with one state file write.
+    /// Adds (or replaces) many entries at once, all or nothing: one store transaction, so a
+    /// crash during it leaves the store with the old list or the new one, never a mix.
     ///
     /// # Errors
     ///
@@ -116,10 +118,18 @@ impl<D: Datapath> Control<D> {
             let old = self.list_mut(list).insert(*cidr, entry);
             previous.push((*cidr, old));
         }
-        if failure.is_none()
-            && let Err(e) = self.persist()
-        {
-            failure = Some(e);
+        if failure.is_none() {
+            let mut record = template.record.clone();
+            let saved = self.save_now(|w| {
+                for cidr in &unique {
+                    record.cidr = *cidr;
+                    w.put_list(list, &record)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = saved {
+                failure = Some(e);
+            }
         }
         if let Some(e) = failure {
             for (cidr, old) in previous.into_iter().rev() {

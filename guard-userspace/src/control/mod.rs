@@ -1,9 +1,9 @@
 //! The control plane: allow and deny lists with TTLs, bans, expiry, restore at start, stats and
-//! top sources, and reloads, all behind the `Datapath` trait and persisted in the state file.
+//! top sources, and reloads, all behind the `Datapath` trait and persisted in the state store.
 //!
 //! Sources of truth: the lists are written only by userspace, so [`Control`]'s own copy is
 //! the truth and the maps follow it; bans are made by the data plane, so the `BANS` map is the
-//! truth and the state file mirrors it on every [`Control::sweep`].
+//! truth and the store mirrors it on every [`Control::sweep`], one row per changed ban.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, Ipv6Addr},
@@ -27,12 +27,14 @@ use crate::{
         self, BanRecord, LearnedRecord, ListRecord, PrefixBanRecord, State, StateError, Store,
     },
 };
+use persist::Unsaved;
 
 pub mod attack;
 mod bans;
 mod links;
 mod lists;
 mod operator;
+mod persist;
 mod reports;
 mod restore;
 mod services;
@@ -47,6 +49,14 @@ pub use services::{KNOWN_SWEEP_EVERY, PREFIX_REASON};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
+/// A gap between how far the wall clock and the monotonic clock moved larger than this is a
+/// jump of the wall clock (NTP slews by far less; a step is seconds to years).
+const CLOCK_JUMP_SECS: u64 = 10;
+
+/// How long the daemon runs with a steady wall clock before it deletes the stored records
+/// that looked expired at start (see `restore.rs`).
+pub const PARK_GRACE: Duration = Duration::from_secs(600);
+
 /// The longest reason text accepted.
 pub const MAX_REASON_LEN: usize = 200;
 
@@ -54,7 +64,7 @@ pub const MAX_REASON_LEN: usize = 200;
 pub enum ControlError {
     #[error("the data plane refused the change")]
     Datapath(#[from] DatapathError),
-    #[error("the change was undone because the state file could not be saved")]
+    #[error("the change was undone because it could not be saved in the state store")]
     State(#[from] StateError),
     #[error("{cidr} is not in the {} list", list.name())]
     NotListed { list: List, cidr: Cidr },
@@ -237,12 +247,23 @@ pub struct Control<D: Datapath> {
     pending_prefixes: Vec<Cidr>,
     /// When the known sources were last walked for expiry, and how many there were.
     known_swept: Option<(Instant, usize)>,
+    /// What the store does not hold yet (written each tick until it does).
+    unsaved: Unsaved,
+    /// Why the last write to the store failed; `None` once a flush succeeds.
+    store_problem: Option<String>,
+    /// Where start-up moved a damaged store (`guard run --start-empty`).
+    damaged_aside: Option<std::path::PathBuf>,
+    /// Stored records that looked expired at restore: kept in the store, not in the maps,
+    /// until the clock is trusted (see `restore.rs`).
+    parked: restore::Parked,
 }
 
 impl<D: Datapath> Control<D> {
-    /// A control plane with empty lists. Call [`Control::restore`] before serving.
+    /// A control plane with empty lists, saving to a store in the settings' state directory
+    /// opened at the first write ([`Store::lazy`]; the daemon passes its own with
+    /// [`Control::with_store`]). Call [`Control::restore`] before serving.
     pub fn new(dp: D, settings: Settings, attachments: Vec<Attachment>) -> Self {
-        let store = Store::new(&settings.state.dir);
+        let store = Store::lazy(&settings.state.dir);
         Self {
             dp,
             settings,
@@ -261,7 +282,17 @@ impl<D: Datapath> Control<D> {
             prefix_bans: BTreeMap::new(),
             pending_prefixes: Vec::new(),
             known_swept: None,
+            unsaved: Unsaved::default(),
+            store_problem: None,
+            damaged_aside: None,
+            parked: restore::Parked::default(),
         }
+    }
+
+    /// Saves to `store` (the daemon's, opened and read at start).
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = store;
+        self
     }
 
     /// Replaces the wall clock (tests).
@@ -276,6 +307,10 @@ impl<D: Datapath> Control<D> {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
     }
 
     pub fn datapath(&self) -> &D {
@@ -327,10 +362,6 @@ impl<D: Datapath> Control<D> {
             prefix_bans: self.prefix_bans.values().map(|(r, _)| r.clone()).collect(),
             learned: self.learned_records(),
         }
-    }
-
-    fn persist(&self) -> Result<(), ControlError> {
-        Ok(self.store.save(&self.state())?)
     }
 
     fn check_capacity<'a>(

@@ -39,8 +39,8 @@ impl<D: Datapath> Control<D> {
                 Some(Override::new(mode, reason, (self.wall)(), lasts))
             }
         };
-        let before = std::mem::replace(&mut self.operator, next);
-        if let Err(e) = self.persist() {
+        let before = std::mem::replace(&mut self.operator, next.clone());
+        if let Err(e) = self.save_now(|w| w.set_operator(next.as_ref())) {
             self.operator = before;
             return Err(e);
         }
@@ -53,7 +53,7 @@ impl<D: Datapath> Control<D> {
     ///
     /// # Errors
     ///
-    /// The state file cannot be saved (the override is dropped all the same).
+    /// None today: a store that cannot save it now saves it at a later flush.
     pub fn expire_operator(&mut self) -> Result<bool, ControlError> {
         let now = (self.wall)();
         if self.operator.as_ref().is_none_or(|o| o.is_active(now)) {
@@ -61,7 +61,8 @@ impl<D: Datapath> Control<D> {
         }
         self.operator = None;
         self.operator_seq += 1;
-        self.persist()?;
+        self.unsaved.operator = true;
+        self.flush();
         Ok(true)
     }
 }

@@ -162,9 +162,11 @@ impl<D: Datapath> Control<D> {
     ///
     /// # Errors
     ///
-    /// The state file cannot be saved.
+    /// None today: what the store cannot save now is retried at each tick's flush.
     pub fn save_learned(&mut self) -> Result<(), ControlError> {
-        self.persist()
+        self.unsaved.learned = true;
+        self.flush();
+        Ok(())
     }
 
     /// Prefix bans in force.
@@ -351,6 +353,7 @@ impl<D: Datapath> Control<D> {
         let mut out = Vec::new();
         for p in hit {
             self.dp.prefix_ban_remove(&p)?;
+            self.unsaved.prefix_bans.insert(p);
             if let Some((rec, ns)) = self.prefix_bans.remove(&p)
                 && ns > now_ns
             {
@@ -360,22 +363,25 @@ impl<D: Datapath> Control<D> {
         Ok(out)
     }
 
-    /// Brings the prefix-ban tries in line with the state file at start (`None`: no usable
-    /// file, so the tries' entries are adopted). Returns how many had expired meanwhile.
+    /// Brings the prefix-ban tries in line with the state store at start (`None`: nothing
+    /// stored, so the tries' entries are adopted). Returns how many had expired meanwhile,
+    /// and those stored ones (parked, not deleted: see `restore.rs`).
     pub(super) fn restore_prefix_bans(
         &mut self,
         saved: Option<Vec<PrefixBanRecord>>,
         now_unix: u64,
         now_ns: u64,
-    ) -> Result<usize, ControlError> {
+    ) -> Result<(usize, Vec<PrefixBanRecord>), ControlError> {
         let in_map = self.dp.prefix_bans()?;
         let mut expired = 0;
+        let mut parked = Vec::new();
         let mut wanted: BTreeMap<Cidr, (PrefixBanRecord, u64)> = BTreeMap::new();
         match saved {
             Some(records) => {
                 for r in records {
                     if r.expires <= now_unix {
                         expired += 1;
+                        parked.push(r);
                         continue;
                     }
                     let ns = self.wall_to_mono(r.expires, now_unix, now_ns);
@@ -406,7 +412,7 @@ impl<D: Datapath> Control<D> {
             self.dp.prefix_ban_insert(cidr, ListEntry::expiring(*ns))?;
         }
         self.prefix_bans = wanted;
-        Ok(expired)
+        Ok((expired, parked))
     }
 }
 

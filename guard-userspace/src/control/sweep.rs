@@ -1,28 +1,45 @@
 //! The sweep each tick: expired list entries and bans out of the maps, bans mirrored into the
-//! state file, prefix-ban escalation; the state file is saved only if something changed.
+//! state store (one row per changed ban), prefix-ban escalation, records parked at restore;
+//! then what changed is flushed to the store, and kept for the next tick if that fails.
 use super::*;
 
 impl<D: Datapath> Control<D> {
     /// Removes expired list entries and bans from the maps, mirrors the map's bans into the
-    /// state, and saves the state file if anything changed.
+    /// state, and flushes what changed to the store.
     ///
     /// # Errors
     ///
-    /// A map error, or the state file cannot be saved (the maps are swept all the same).
+    /// A map error. A store that cannot save is no error here (the daemon's loop is sound):
+    /// the changes stay in memory, [`Control::store_warning`] says so, and the next sweep
+    /// tries again.
     pub fn sweep(&mut self) -> Result<SweepOutcome, ControlError> {
         let now_ns = self.dp.now_ns();
         let now_unix = (self.wall)();
         let mut out = SweepOutcome::default();
         for list in [List::Allow, List::Deny] {
-            let expired: Vec<Cidr> = self
+            let due: Vec<(Cidr, Option<u64>)> = self
                 .list(list)
                 .iter()
                 .filter(|(_, e)| e.expires_ns != 0 && e.expires_ns <= now_ns)
-                .map(|(c, _)| *c)
+                .map(|(c, e)| (*c, e.record.expires))
                 .collect();
-            for cidr in &expired {
-                self.dp.list_remove(list, cidr)?;
-                self.list_mut(list).remove(cidr);
+            let mut expired = Vec::with_capacity(due.len());
+            for (cidr, wall) in due {
+                // Due on the monotonic clock but not on the wall clock by more than a jump's
+                // slack: the wall clock was ahead when the expiry was converted (a real-time
+                // clock ahead at boot, set right since). The stored time is the truth.
+                if let Some(t) = wall.filter(|t| *t > now_unix + CLOCK_JUMP_SECS) {
+                    let ns = self.wall_to_mono(t, now_unix, now_ns);
+                    self.dp.list_insert(list, &cidr, ListEntry::expiring(ns))?;
+                    if let Some(e) = self.list_mut(list).get_mut(&cidr) {
+                        e.expires_ns = ns;
+                    }
+                    continue;
+                }
+                self.dp.list_remove(list, &cidr)?;
+                self.list_mut(list).remove(&cidr);
+                self.unsaved.lists.insert((list, cidr));
+                expired.push(cidr);
             }
             match list {
                 List::Allow => out.expired_allow = expired.len(),
@@ -53,21 +70,34 @@ impl<D: Datapath> Control<D> {
                     expires: info.expires,
                 };
                 self.bans.insert(key, MirroredBan { ban, record });
+                self.unsaved.bans.insert(key);
                 out.bans_changed += 1;
             }
         }
-        let before = self.bans.len();
-        self.bans.retain(|k, _| seen.contains(k));
-        out.bans_changed += before - self.bans.len();
+        let gone: Vec<SourceKey> = self
+            .bans
+            .keys()
+            .filter(|k| !seen.contains(k))
+            .copied()
+            .collect();
+        for k in gone {
+            self.bans.remove(&k);
+            self.unsaved.bans.insert(k);
+            out.bans_changed += 1;
+        }
         let (escalated, expired_prefixes) = self.sweep_prefix_bans(now_unix, now_ns)?;
+        self.unsaved
+            .prefix_bans
+            .extend(escalated.iter().map(|b| b.source));
+        self.unsaved
+            .prefix_bans
+            .extend(expired_prefixes.iter().copied());
         out.escalated = escalated;
         out.expired_bans += expired_prefixes.len();
         out.bans_changed += out.escalated.len() + expired_prefixes.len();
         out.expired_known = self.sweep_known(now_ns)?;
-
-        if out.expired_allow + out.expired_deny + out.bans_changed > 0 {
-            self.persist()?;
-        }
+        self.sweep_parked(now_unix, now_ns)?;
+        self.flush();
         Ok(out)
     }
 }

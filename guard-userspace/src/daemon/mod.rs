@@ -94,6 +94,10 @@ pub struct RunOptions {
     /// Run even when the pins' bpffs is private to the daemon's mount namespace (they die
     /// with it): `--allow-private-bpffs`.
     pub allow_private_bpffs: bool,
+    /// `guard run --start-empty`: a damaged state store is moved aside and the daemon starts
+    /// without it (from the pinned maps if any survived, else empty), health at warn until
+    /// the moved file is deleted. Without it, a damaged store stops the start.
+    pub start_empty: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +106,11 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error("cannot use the state directory")]
     State(#[from] StateError),
+    #[error(
+        "the state store {} is damaged ({problem}); guard refuses to start without its lists and bans. Restore the file from a backup, or start with `guard run --start-empty` to move it aside and start from the pinned maps (if any survived) or empty",
+        path.display()
+    )]
+    DamagedStore { path: PathBuf, problem: String },
     #[error("cannot load and attach the XDP program")]
     Load(#[from] LoadError),
     #[error("cannot restore the lists and bans into the maps")]

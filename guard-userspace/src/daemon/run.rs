@@ -25,7 +25,7 @@ use crate::{
     dataplane::{self, KernelDatapath, StartOptions, events},
     duration::Human,
     rpc::{self, Handler},
-    state::{self, Loaded, Store},
+    state::{self, Opened, Store},
 };
 
 /// Ban events waiting for the tick; more are dropped (and counted), never the bans.
@@ -63,35 +63,13 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     // the socket, the pins): a second `guard run`, whatever its --socket, stops here.
     let (pin_lock, bpffs) = guard_pin_dir(&settings.datapath.pin_dir, opts.allow_private_bpffs)?;
 
-    // Read the state before attaching: an unreadable state directory stops us here.
-    let store = Store::new(&settings.state.dir);
-    let saved = match store.load()? {
-        Loaded::Found(s) => {
-            tracing::info!(
-                "state file {}: {} allow, {} deny, {} bans",
-                store.path().display(),
-                s.allow.len(),
-                s.deny.len(),
-                s.bans.len()
-            );
-            Some(s)
-        }
-        Loaded::Missing => {
-            tracing::info!(
-                "no state file at {}: starting from the pinned maps, if any",
-                store.path().display()
-            );
-            None
-        }
-        Loaded::Corrupt { moved_to, error } => {
-            tracing::error!(
-                "THE STATE FILE {} IS CORRUPT ({error}): moved aside to {}; lists and bans are rebuilt from the pinned maps, if any. Inspect the moved file and re-import what is missing.",
-                store.path().display(),
-                moved_to.display()
-            );
-            None
-        }
-    };
+    // Read the state before attaching: an unreadable state directory or a damaged store
+    // stops us here, with nothing attached or changed.
+    let StartStore {
+        store,
+        damaged_aside,
+        saved,
+    } = open_store(&settings.state.dir, opts.start_empty)?;
 
     // Bound before touching the maps: a second `guard run` stops here instead of rewriting
     // the running daemon's config and lists. Clients wait in the backlog until we serve.
@@ -152,7 +130,10 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     }
     let limits = settings.limits;
     let dry_run = settings.datapath.dry_run;
-    let mut control = Control::new(datapath, settings, attachments);
+    let mut control = Control::new(datapath, settings, attachments).with_store(store);
+    if let Some(aside) = damaged_aside {
+        control.set_damaged_aside(aside);
+    }
     control
         .apply_kernel_config()
         .map_err(DaemonError::KernelConfig)?;
@@ -275,6 +256,73 @@ fn guard_pin_dir(
         tracing::warn!("{}", w.to_uppercase());
     }
     Ok((lock, warning))
+}
+
+/// The state store as start-up found it.
+struct StartStore {
+    store: Store,
+    /// Where a damaged store was moved (`--start-empty`).
+    damaged_aside: Option<PathBuf>,
+    /// What it holds; `None` when nothing is stored.
+    saved: Option<state::State>,
+}
+
+/// Opens the state store (migrating a JSON state file once). A damaged one stops the start
+/// unless `start_empty`, which moves it aside (returned, for health to warn about). A full
+/// disk does not stop it: the store is created once there is room.
+fn open_store(dir: &std::path::Path, start_empty: bool) -> Result<StartStore, DaemonError> {
+    let (store, opened) = Store::open(dir)?;
+    let (store, opened, aside) = match opened {
+        Opened::Damaged { path, problem } if !start_empty => {
+            return Err(DaemonError::DamagedStore { path, problem });
+        }
+        Opened::Damaged { path, problem } => {
+            drop(store);
+            let aside = Store::set_aside(&path)?;
+            tracing::error!(
+                "THE STATE STORE {} IS DAMAGED ({problem}): moved aside to {} (--start-empty); lists and bans are rebuilt from the pinned maps, if any. Health warns until the moved file is deleted: recover what you need from it first.",
+                path.display(),
+                aside.display()
+            );
+            let (store, opened) = Store::open(dir)?;
+            (store, opened, Some(aside))
+        }
+        other => (store, other, None),
+    };
+    let saved = match opened {
+        Opened::Found(s) => {
+            tracing::info!(
+                "state store {}: {} allow, {} deny, {} bans",
+                store.path().display(),
+                s.allow.len(),
+                s.deny.len(),
+                s.bans.len()
+            );
+            Some(s)
+        }
+        Opened::Missing => {
+            tracing::info!(
+                "nothing stored in {}: starting from the pinned maps, if any",
+                store.path().display()
+            );
+            None
+        }
+        // Moved aside above: a second damaged one (a damaged state.json behind it) stops us.
+        Opened::Damaged { path, problem } => {
+            return Err(DaemonError::DamagedStore { path, problem });
+        }
+    };
+    if !store.is_open() {
+        tracing::error!(
+            "cannot create the state store {} (the disk is full?): starting all the same; it is created, with everything, once there is room",
+            store.path().display()
+        );
+    }
+    Ok(StartStore {
+        store,
+        damaged_aside: aside,
+        saved,
+    })
 }
 
 /// SIGHUP, SIGTERM and SIGINT, taken by the daemon's signal task.

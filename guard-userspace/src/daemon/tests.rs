@@ -12,7 +12,7 @@ use crate::{
     dataplane::LoadError,
     health::{OverrideMode, Status},
     rpc::{Handler, Reply, Request},
-    state::{Loaded, Store},
+    state::{Opened, Store},
 };
 
 const SEC: u64 = 1_000_000_000;
@@ -64,10 +64,11 @@ impl Fixture {
                 ..Overrides::default()
             },
             allow_private_bpffs: false,
+            start_empty: false,
         };
         let settings = load_settings(&opts).unwrap();
-        let saved = match Store::new(self.dir.join("state")).load().unwrap() {
-            Loaded::Found(s) => Some(s),
+        let saved = match Store::load(self.dir.join("state")).unwrap() {
+            Opened::Found(s) => Some(s),
             _ => None,
         };
         let _in_runtime = self.rt.enter();
@@ -153,7 +154,7 @@ fn an_override_survives_a_restart_and_an_expiring_one_lapses_on_its_own() {
     f.handle_ticking(&d, drain(Some(60), "kernel update"))
         .unwrap();
     drop(d);
-    let Loaded::Found(saved) = Store::new(f.dir.join("state")).load().unwrap() else {
+    let Opened::Found(saved) = Store::load(f.dir.join("state")).unwrap() else {
         panic!("no state file")
     };
     let saved = saved.operator.expect("the override is in the state file");
@@ -181,7 +182,7 @@ fn an_override_survives_a_restart_and_an_expiring_one_lapses_on_its_own() {
     assert_eq!(report.operator, None);
     assert!(!report.reason.starts_with("operator"), "{}", report.reason);
     assert_eq!(d.lock().operator(), None);
-    let Loaded::Found(saved) = Store::new(f.dir.join("state")).load().unwrap() else {
+    let Opened::Found(saved) = Store::load(f.dir.join("state")).unwrap() else {
         panic!("no state file")
     };
     assert_eq!(saved.operator, None);
@@ -334,7 +335,7 @@ fn tick_expires_entries_and_records_new_bans_in_the_state_file() {
     let c = d.lock();
     assert!(c.datapath().events.is_empty());
     assert!(c.datapath().lists.is_empty());
-    let Loaded::Found(saved) = c.store().load().unwrap() else {
+    let Opened::Found(saved) = Store::load(c.store().dir()).unwrap() else {
         panic!("no state file")
     };
     assert!(saved.deny.is_empty());
@@ -402,6 +403,7 @@ fn settings_are_the_file_then_the_flags() {
             ..Overrides::default()
         },
         allow_private_bpffs: false,
+        start_empty: false,
     };
     let s = load_settings(&opts).unwrap();
     assert_eq!(s.limits.pps, 9);
@@ -410,6 +412,7 @@ fn settings_are_the_file_then_the_flags() {
         config: Some(PathBuf::from("/nonexistent/guard.toml")),
         overrides: Overrides::default(),
         allow_private_bpffs: false,
+        start_empty: false,
     };
     let e = load_settings(&bad).unwrap_err();
     assert!(e.to_string().contains("/nonexistent/guard.toml"), "{e}");

@@ -64,6 +64,7 @@ pub(super) struct HealthInputs {
     services: Vec<crate::control::attack::ServiceReport>,
     known_sources: usize,
     prefix_bans: usize,
+    store: Option<String>,
 }
 
 impl<D: Datapath + BanEvents> Daemon<D> {
@@ -176,6 +177,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             services: control.service_reports(),
             known_sources: control.known_count(),
             prefix_bans: control.prefix_ban_count(),
+            store: control.store_warning(),
         }
     }
 
@@ -239,6 +241,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             services,
             known_sources,
             prefix_bans,
+            store,
         } = inputs;
         let mut health = self.lock_health();
         let mut sum = guard_common::Counters::default();
@@ -284,6 +287,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             operator,
             drop_rate_pps,
             services: services.clone(),
+            store,
         });
         let kind = report.status.kind();
         if health.last_status != Some(kind) {

@@ -435,6 +435,26 @@ impl Evaluator {
             });
         }
 
+        // The state store: the host serves as well as before, so warn (full weight), to be
+        // seen, never fail. Shown only when something is wrong.
+        if let Some(problem) = &inputs.store {
+            found.push(Assessment {
+                level: Level::Warn,
+                weight: 100,
+                reason: problem.clone(),
+            });
+            obs.push(Observation {
+                component: "store".to_string(),
+                measurement: "saved".to_string(),
+                component_id: None,
+                observed: Some(Observed::Bool(false)),
+                unit: None,
+                threshold: Some("saved".to_string()),
+                status: CheckStatus::Warn,
+                output: Some(problem.clone()),
+            });
+        }
+
         if let Some(o) = inputs
             .operator
             .as_ref()

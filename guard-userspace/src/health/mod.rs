@@ -141,8 +141,8 @@ impl OverrideMode {
 /// An operator override, as the daemon persists it (it survives restarts; the daemon stores
 /// it and passes it back in [`Inputs::operator`]). Times are Unix seconds, so an expiry still
 /// means the same moment after a reboot.
+// No `deny_unknown_fields`: it is persisted, and a field a newer guard added is not damage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Override {
     pub mode: OverrideMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -222,6 +222,9 @@ pub struct Inputs {
     /// The services the guard watches: shown, and named in the reason while under attack;
     /// they never move the state (a host whose guard sheds a flood is not overloaded).
     pub services: Vec<crate::control::attack::ServiceReport>,
+    /// What is wrong with the state store (changes it cannot save, a damaged one moved
+    /// aside): warn, since the guard protects but what it holds may not survive a restart.
+    pub store: Option<String>,
 }
 
 /// A check's own verdict, as in draft-inadarei-api-health-check.

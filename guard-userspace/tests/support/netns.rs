@@ -51,6 +51,8 @@ pub fn sh(args: &[&str]) -> Output {
 pub struct Testbed {
     /// Unique tag in every name this testbed creates.
     pub tag: String,
+    /// The first letters of every namespace and interface name.
+    prefix: &'static str,
     namespaces: Vec<String>,
     daemons: Vec<Child>,
     pub pin_dir: PathBuf,
@@ -59,22 +61,23 @@ pub struct Testbed {
 
 impl Testbed {
     pub fn new() -> Self {
-        Self::tagged(&format!("{}", std::process::id() % 100_000))
+        Self::with_prefix("g")
     }
 
-    /// A testbed whose names (namespaces, veths, pins) start with `prefix` and a short pid,
-    /// for telling apart the testbeds of tests run side by side.
-    pub fn with_prefix(prefix: &str) -> Self {
-        Self::tagged(&format!("{prefix}{}", std::process::id() % 1000))
-    }
-
-    fn tagged(head: &str) -> Self {
-        let tag = format!("{head}x{}", SEQ.fetch_add(1, Ordering::Relaxed));
+    /// A testbed whose namespaces and interfaces are named `<prefix><tag>...` (a test suite
+    /// run beside others on one machine picks its own).
+    pub fn with_prefix(prefix: &'static str) -> Self {
+        let tag = format!(
+            "{}x{}",
+            std::process::id() % 100_000,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let tmp = std::env::temp_dir().join(format!("guard-test-{tag}"));
         std::fs::create_dir_all(&tmp).unwrap();
         Self {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/guard-test-{tag}")),
             tag,
+            prefix,
             namespaces: Vec::new(),
             daemons: Vec::new(),
             tmp,
@@ -83,7 +86,7 @@ impl Testbed {
 
     /// Creates a namespace named `g<tag><role>` with loopback up; returns its name.
     pub fn netns(&mut self, role: &str) -> String {
-        let name = format!("g{}{role}", self.tag);
+        let name = format!("{}{}{role}", self.prefix, self.tag);
         sh(&["ip", "netns", "add", &name]);
         self.namespaces.push(name.clone());
         sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
@@ -94,8 +97,13 @@ impl Testbed {
     /// Returns the interface names (a side, b side). Names fit IFNAMSIZ.
     pub fn link(&mut self, a_ns: &str, a_addr: &str, b_ns: &str, b_addr: &str) -> (String, String) {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let a = format!("gv{}{n}a", self.tag);
-        let b = format!("gv{}{n}b", self.tag);
+        let v = if self.prefix == "g" {
+            "gv"
+        } else {
+            self.prefix
+        };
+        let a = format!("{v}{}{n}a", self.tag);
+        let b = format!("{v}{}{n}b", self.tag);
         assert!(a.len() <= 15, "interface name {a} too long");
         sh(&[
             "ip", "link", "add", &a, "netns", a_ns, "type", "veth", "peer", "name", &b, "netns",

@@ -372,8 +372,8 @@ mod tests {
         let e = guard("guard reload", &socket).unwrap_err();
         assert!(format!("{e:#}").contains("not the guard daemon"), "{e:#}");
 
-        let saved = guard::state::Store::new(dir.join("state")).load().unwrap();
-        let guard::state::Loaded::Found(saved) = saved else {
+        let saved = guard::state::Store::load(dir.join("state")).unwrap();
+        let guard::state::Opened::Found(saved) = saved else {
             panic!("no state file")
         };
         assert_eq!(saved.deny.len(), 1);

@@ -20,6 +20,11 @@ pub struct RunArgs {
     /// TOML config file (default: the built-in config, `guard config default`).
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// If the state store is damaged, move it aside and start without it (from the pinned
+    /// maps if any survived, else empty); health warns until the moved file is deleted.
+    /// Without this flag a damaged store stops the start.
+    #[arg(long)]
+    start_empty: bool,
     #[command(flatten)]
     overrides: RunFlags,
     /// Run even when the pins' bpffs is private to this mount namespace (as under `ip netns
@@ -61,7 +66,7 @@ pub struct RunFlags {
     /// bpffs directory for the pins (the layout version, v2/, is appended).
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
-    /// Directory of the state file.
+    /// Directory of the state store (guard.db).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Where the health HTTP server listens (/livez, /readyz, /readyz/haproxy, /metrics);
@@ -133,6 +138,7 @@ pub struct DetachArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
         config,
+        start_empty,
         overrides,
         allow_private_bpffs,
     } = args;
@@ -141,6 +147,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         config,
         overrides: overrides.into(),
         allow_private_bpffs,
+        start_empty,
     })
     .context("cannot start the guard daemon")
 }

@@ -152,8 +152,8 @@ fn a_reload_keeps_what_an_unchanged_service_learned_and_a_restart_restores_it() 
     assert_eq!(c.service_reports()[1].learned_pps, Some(learned));
     // Saved with the state, and read back by a new daemon.
     c.save_learned().unwrap();
-    let saved = match Store::new(&d.0).load().unwrap() {
-        state::Loaded::Found(s) => s,
+    let saved = match Store::load(&d.0).unwrap() {
+        state::Opened::Found(s) => s,
         other => panic!("{other:?}"),
     };
     assert_eq!(saved.learned.len(), 1);
@@ -189,8 +189,8 @@ fn enough_bans_in_one_prefix_ban_the_prefix_and_unban_lifts_it() {
             .any(|b| b.source == prefix && b.reason == PREFIX_REASON),
         "{listed:?}"
     );
-    let saved = match Store::new(&d.0).load().unwrap() {
-        state::Loaded::Found(s) => s,
+    let saved = match Store::load(&d.0).unwrap() {
+        state::Opened::Found(s) => s,
         other => panic!("{other:?}"),
     };
     assert_eq!(saved.prefix_bans.len(), 1);
@@ -222,8 +222,8 @@ fn a_prefix_ban_expires_and_a_reboot_restores_one_that_has_not() {
     }
     c.sweep().unwrap();
     assert_eq!(c.dp.prefix_bans.len(), 1);
-    let saved = match Store::new(&d.0).load().unwrap() {
-        state::Loaded::Found(s) => s,
+    let saved = match Store::load(&d.0).unwrap() {
+        state::Opened::Found(s) => s,
         other => panic!("{other:?}"),
     };
     // After a reboot: empty maps, the state file has it.
