@@ -12,6 +12,7 @@
 //!
 //! SIGTERM and SIGINT stop the daemon and leave the program attached (fail-static: the pins
 //! keep it and its maps alive, and a restarted daemon adopts them). `guard detach` removes it.
+mod controls;
 mod handler;
 mod listeners;
 mod logging;
@@ -121,6 +122,9 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("cannot start the daemon's runtime")]
     Runtime(#[source] std::io::Error),
+    /// A watchdog's unit or an escalation's HAProxy table is not there (the field is named).
+    #[error("{0}")]
+    Controls(String),
 }
 
 /// Reads the settings as `guard run` and `guard reload` do: the file (or embedded default),
@@ -169,6 +173,8 @@ struct Daemon<D: Datapath> {
     allow: watch::Sender<Arc<Vec<Cidr>>>,
     /// One reload at a time (a SIGHUP and a `guard reload` may meet).
     reloading: Semaphore,
+    /// The watchdogs and escalations, and their tasks.
+    controls: controls::Controls,
 }
 
 impl<D: Datapath + BanEvents> Daemon<D> {
@@ -193,6 +199,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             ban_events: Mutex::new(None),
             allow: watch::channel(allow).0,
             reloading: Semaphore::new(1),
+            controls: controls::Controls::default(),
         }
     }
 

@@ -237,6 +237,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             operator,
             drop_rate_pps,
             services: services.clone(),
+            watchdog: self.controls.drains(),
         });
         let kind = report.status.kind();
         if health.last_status != Some(kind) {

@@ -32,6 +32,9 @@ pub const MAX_CHECKS: usize = 32;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
+    /// A name for the check, by which a `[[watchdog]]` names the check of its service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// `tcp` or `http`.
     #[serde(rename = "type")]
     pub kind: String,
@@ -151,6 +154,7 @@ impl LocalCheck {
     /// [`HealthError::CheckTimeout`], naming the field and the value.
     pub fn from_spec(index: usize, spec: &CheckSpec) -> Result<Self, HealthError> {
         let CheckSpec {
+            name: _,
             kind,
             target,
             timeout_ms,
@@ -408,6 +412,11 @@ impl CheckRunner {
     /// The latest round's results; `None` until the first round has finished.
     pub fn results(&self) -> Option<Vec<CheckResult>> {
         self.results.borrow().clone()
+    }
+
+    /// A reader of the rounds, each as it finishes (the watchdogs').
+    pub fn subscribe(&self) -> watch::Receiver<Option<Vec<CheckResult>>> {
+        self.results.clone()
     }
 
     /// Replaces the checks (a reload); the next round uses them. Results of the old checks stay

@@ -222,6 +222,10 @@ pub struct Inputs {
     /// The services the guard watches: shown, and named in the reason while under attack;
     /// they never move the state (a host whose guard sheds a flood is not overloaded).
     pub services: Vec<crate::control::attack::ServiceReport>,
+    /// The drains the watchdogs hold (`watchdog: app memory 2.3GiB > 2GiB`), while they
+    /// restart a service: drain at once, over a computed fail (the host is out either way, and
+    /// the watchdog's reason says why and what comes next); only the operator's maint is above.
+    pub watchdog: Vec<String>,
 }
 
 /// A check's own verdict, as in draft-inadarei-api-health-check.

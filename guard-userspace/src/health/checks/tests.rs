@@ -8,6 +8,7 @@ use super::*;
 
 fn spec(kind: &str, target: &str) -> CheckSpec {
     CheckSpec {
+        name: None,
         kind: kind.into(),
         target: target.into(),
         timeout_ms: Some(1000),
