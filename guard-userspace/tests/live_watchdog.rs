@@ -129,6 +129,9 @@ fn request(to: SocketAddr) -> Result<String, String> {
         .to_string())
 }
 
+/// Each request's time and outcome.
+type Requests = Arc<Mutex<Vec<(Instant, Result<String, String>)>>>;
+
 #[test]
 fn a_leaking_service_is_drained_restarted_and_readmitted_without_one_failed_request() {
     if !live_or_skip(
@@ -230,7 +233,7 @@ fn a_leaking_service_is_drained_restarted_and_readmitted_without_one_failed_requ
 
     // The client: a request every 50 ms through HAProxy, from before the leak crosses the
     // limit until after the readmit.
-    let results: Arc<Mutex<Vec<(Instant, Result<String, String>)>>> = Arc::default();
+    let results: Requests = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let client = {
         let (results, stop, lb) = (Arc::clone(&results), Arc::clone(&stop), lb.clone());
