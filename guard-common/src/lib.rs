@@ -193,6 +193,11 @@ pub mod reason {
     }
     /// A `Ban::reason` for a prefix ban the daemon escalated (not a counter slot).
     pub const BAN_PREFIX: u32 = 64;
+    /// A `Ban::reason` for a source the load balancer kept refusing (`[[escalate.haproxy]]`),
+    /// banned by the daemon (not a counter slot): shown as [`BAN_L7_HAPROXY_NAME`].
+    pub const BAN_L7_HAPROXY: u32 = 65;
+    /// How `guard bans` and the state file name [`BAN_L7_HAPROXY`].
+    pub const BAN_L7_HAPROXY_NAME: &str = "l7:haproxy";
 }
 
 /// `Config::flags`: decide and count, but pass everything.

@@ -22,6 +22,23 @@ pub const POLL_TIMEOUT: Duration = Duration::from_secs(2);
 /// an attack the guard's own limits see first).
 pub const MAX_ENTRIES: usize = 100_000;
 
+/// `[[escalate.haproxy]]`, validated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaproxySettings {
+    /// HAProxy's runtime API (a `stats socket` at level operator or admin).
+    pub socket: PathBuf,
+    /// The stick table (named after the frontend or backend that declares it).
+    pub table: String,
+    pub when: Condition,
+    /// How long a source must stay over the condition.
+    pub for_secs: u64,
+    /// How long the ban that follows lasts.
+    pub ban_secs: u64,
+}
+
+/// How often each table is polled.
+pub const POLL_EVERY: Duration = Duration::from_secs(1);
+
 /// A comparison of a stick-table column, as HAProxy's `show table` filter has them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

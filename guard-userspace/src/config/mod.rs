@@ -1,5 +1,6 @@
 //! The daemon's configuration: a TOML file (or the embedded default) parsed raw, then validated
 //! into [`Settings`], with `guard run` flags applied on top; errors name line, field and range.
+mod controls;
 mod overrides;
 mod routes;
 mod schema;
@@ -23,6 +24,7 @@ use crate::{
     health::{CheckSpec, HealthConfig, HealthError, HealthSettings},
 };
 
+pub use controls::{MAX_ESCALATIONS, MAX_WATCHDOGS};
 pub use overrides::{Overrides, mode_name, parse_mode};
 pub use routes::default_route_interfaces;
 #[cfg(test)]
@@ -156,6 +158,10 @@ pub struct Settings {
     pub control: ControlSettings,
     pub state: StateSettings,
     pub health: HealthSection,
+    /// `[[watchdog]]`: services drained, restarted and readmitted when they break a limit.
+    pub watchdogs: Vec<crate::watchdog::WatchdogSettings>,
+    /// `[[escalate.haproxy]]`: HAProxy's stick tables polled, persistent offenders banned.
+    pub escalate: Vec<crate::escalate::HaproxySettings>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -13,6 +13,43 @@ pub(super) struct RawConfig {
     pub(super) control: RawControl,
     pub(super) state: RawState,
     pub(super) health: RawHealth,
+    pub(super) watchdog: Option<Vec<Spanned<RawWatchdog>>>,
+    pub(super) escalate: RawEscalate,
+}
+
+/// `[[watchdog]]`: a service restarted when it breaks its limits (see [`crate::watchdog`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWatchdog {
+    pub(super) name: Spanned<String>,
+    pub(super) check: Spanned<String>,
+    pub(super) unit: Option<Spanned<String>>,
+    pub(super) restart_command: Option<Spanned<Vec<String>>>,
+    pub(super) pid_file: Option<Spanned<String>>,
+    pub(super) max_memory: Option<Spanned<String>>,
+    pub(super) max_latency_ms: Option<Spanned<i64>>,
+    pub(super) fail_after: Option<Spanned<i64>>,
+    pub(super) drain_secs: Option<Spanned<i64>>,
+    pub(super) min_interval: Option<Spanned<String>>,
+    pub(super) restart_timeout: Option<Spanned<String>>,
+}
+
+/// `[escalate]`: the load balancers' verdicts enforced at the NIC.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawEscalate {
+    pub(super) haproxy: Option<Vec<Spanned<RawHaproxy>>>,
+}
+
+/// `[[escalate.haproxy]]` (see [`crate::escalate`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHaproxy {
+    pub(super) socket: Spanned<String>,
+    pub(super) table: Spanned<String>,
+    pub(super) when: Spanned<String>,
+    pub(super) for_secs: Option<Spanned<i64>>,
+    pub(super) ban: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

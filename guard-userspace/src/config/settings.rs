@@ -57,6 +57,8 @@ impl Settings {
                 agent_listen: parse_listen(DEFAULT_AGENT_LISTEN).expect("a valid default"),
                 settings: HealthSettings::default(),
             },
+            watchdogs: Vec::new(),
+            escalate: Vec::new(),
         }
     }
 
@@ -105,6 +107,8 @@ impl Settings {
             control,
             state,
             health,
+            watchdog,
+            escalate,
         } = raw;
         let mut out = Self::builtin();
         out.source = source.clone();
@@ -199,6 +203,9 @@ impl Settings {
             out.state.dir = v.path(dir, "state.dir", false)?;
         }
         out.health = v.health(health)?;
+        out.watchdogs = v.watchdogs(watchdog.unwrap_or_default(), &out.health.settings.checks)?;
+        let RawEscalate { haproxy } = escalate;
+        out.escalate = v.escalate(haproxy.unwrap_or_default())?;
         Ok(out)
     }
 
@@ -364,6 +371,10 @@ impl Settings {
             attack: _,
             services: _,
             prefixes: _,
+            // Applied by a reload: watchdogs keep their state by name; the HAProxy sockets
+            // are checked before the reload is taken.
+            watchdogs: _,
+            escalate: _,
         } = self;
         let mut out = Vec::new();
         if *interfaces != new.datapath.interfaces {

@@ -430,3 +430,204 @@ fn syn_cookies_default_to_auto_for_tcp_and_off_for_udp() {
     let modes: Vec<SynCookies> = s.services.iter().map(|s| s.syn_cookies).collect();
     assert_eq!(modes, [SynCookies::Auto, SynCookies::Off, SynCookies::Off]);
 }
+
+/// A `[[health.checks]]` entry named `app-http`, for the watchdogs to name.
+const APP_CHECK: &str = "[[health.checks]]\nname = \"app-http\"\ntype = \"http\"\ntarget = \"http://127.0.0.1:8080/\"\n";
+
+#[test]
+fn watchdogs_and_escalations_are_read_with_their_defaults() {
+    let s = parse(&format!(
+        "{APP_CHECK}[[watchdog]]\nname = \"app\"\ncheck = \"app-http\"\nunit = \"app.service\"\nmax_memory = \"2GiB\"\nmax_latency_ms = 800\n\
+         [[watchdog]]\nname = \"worker\"\ncheck = \"app-http\"\nrestart_command = [\"/usr/local/bin/restart-worker\", \"now\"]\npid_file = \"/run/worker.pid\"\nmax_memory = \"512MiB\"\nfail_after = 5\ndrain_secs = 0\nmin_interval = \"1h\"\nrestart_timeout = \"20s\"\n\
+         [[escalate.haproxy]]\nsocket = \"/run/haproxy/admin.sock\"\ntable = \"per_ip_rates\"\nwhen = \"http_req_rate > 100\"\n"
+    ))
+    .unwrap();
+    let [app, worker] = &s.watchdogs[..] else {
+        panic!("{:?}", s.watchdogs)
+    };
+    assert_eq!(
+        app.restart,
+        crate::watchdog::Restart::Unit("app.service".into())
+    );
+    assert_eq!(
+        (
+            app.max_memory,
+            app.max_latency_ms,
+            app.fail_after,
+            app.drain_secs
+        ),
+        (Some(2 << 30), Some(800), 3, 30)
+    );
+    assert_eq!((app.min_interval_secs, app.restart_timeout_secs), (600, 60));
+    assert_eq!(
+        worker.restart,
+        crate::watchdog::Restart::Command(vec![
+            "/usr/local/bin/restart-worker".into(),
+            "now".into()
+        ])
+    );
+    assert_eq!(
+        worker.pid_file.as_deref(),
+        Some(Path::new("/run/worker.pid"))
+    );
+    assert_eq!(
+        (
+            worker.fail_after,
+            worker.drain_secs,
+            worker.min_interval_secs,
+            worker.restart_timeout_secs
+        ),
+        (5, 0, 3600, 20)
+    );
+    let [h] = &s.escalate[..] else {
+        panic!("{:?}", s.escalate)
+    };
+    assert_eq!(h.when.to_string(), "http_req_rate > 100");
+    assert_eq!(
+        (h.table.as_str(), h.for_secs, h.ban_secs),
+        ("per_ip_rates", 30, 600)
+    );
+}
+
+#[test]
+fn bad_watchdogs_and_escalations_name_line_field_and_what_is_accepted() {
+    let wd = |body: &str| format!("{APP_CHECK}[[watchdog]]\nname = \"app\"\n{body}");
+    for (text, line, field, accepted) in [
+        (
+            wd("check = \"app-htp\"\nunit = \"app.service\"\n"),
+            7,
+            "watchdog[0].check = \"app-htp\"",
+            "no [[health.checks]] entry has this name",
+        ),
+        (
+            wd("check = \"app-http\"\nunit = \"app.service\"\nrestart_command = [\"/bin/true\"]\n"),
+            9,
+            "watchdog[0].restart_command",
+            "either unit",
+        ),
+        (
+            wd("check = \"app-http\"\n"),
+            5,
+            "watchdog[0].unit = (none)",
+            "required, or restart_command",
+        ),
+        (
+            wd("check = \"app-http\"\nunit = \"app\"\n"),
+            8,
+            "watchdog[0].unit = \"app\"",
+            "with its suffix",
+        ),
+        (
+            wd("check = \"app-http\"\nunit = \"app.service\"\nmax_memory = \"2GB\"\n"),
+            9,
+            "watchdog[0].max_memory = \"2GB\"",
+            "GiB",
+        ),
+        (
+            wd("check = \"app-http\"\nrestart_command = [\"/bin/true\"]\nmax_memory = \"2GiB\"\n"),
+            9,
+            "watchdog[0].max_memory",
+            "needs pid_file",
+        ),
+        (
+            wd("check = \"app-http\"\nunit = \"app.service\"\nfail_after = 0\n"),
+            9,
+            "watchdog[0].fail_after = 0",
+            "accepts 1 to 100",
+        ),
+        (
+            wd("check = \"app-http\"\nunit = \"app.service\"\nmin_interval = \"10 minutes\"\n"),
+            9,
+            "watchdog[0].min_interval = \"10 minutes\"",
+            "such as 90s",
+        ),
+        (
+            wd("check = \"app-http\"\nunit = \"app.service\"\npid_file = \"/run/a.pid\"\n"),
+            9,
+            "watchdog[0].pid_file",
+            "only with restart_command",
+        ),
+        (
+            "[[escalate.haproxy]]\nsocket = \"admin.sock\"\ntable = \"t\"\nwhen = \"gpc0 > 1\"\n"
+                .to_string(),
+            2,
+            "escalate.haproxy[0].socket = \"admin.sock\"",
+            "absolute path",
+        ),
+        (
+            "[[escalate.haproxy]]\nsocket = \"/run/a.sock\"\ntable = \"t\"\nwhen = \"rate ~ 1\"\n"
+                .to_string(),
+            4,
+            "escalate.haproxy[0].when = \"rate ~ 1\"",
+            "expected COLUMN OP NUMBER",
+        ),
+        (
+            "[[escalate.haproxy]]\nsocket = \"/run/a.sock\"\ntable = \"t\"\nwhen = \"gpc0 > 1\"\nban = \"0s\"\n"
+                .to_string(),
+            5,
+            "escalate.haproxy[0].ban = \"0s\"",
+            "accepts 1s to",
+        ),
+    ] {
+        let e = parse(&text).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.line(), Some(line), "{text:?}: {msg}");
+        assert!(msg.contains(field), "{text:?}: {msg}");
+        assert!(msg.contains(accepted), "{text:?}: {msg}");
+    }
+    let e = parse(&wd(
+        "check = \"app-http\"\nunit = \"app.service\"\nmax_rss = \"1GiB\"\n",
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("max_rss"), "{e}");
+}
+
+#[test]
+fn the_default_config_documents_every_watchdog_and_escalation_key() {
+    for key in [
+        "name",
+        "check",
+        "unit",
+        "restart_command",
+        "pid_file",
+        "max_memory",
+        "max_latency_ms",
+        "fail_after",
+        "drain_secs",
+        "min_interval",
+        "restart_timeout",
+    ] {
+        assert!(
+            DEFAULT_TOML.contains(&format!("\n# {key} = ")),
+            "watchdog key {key}"
+        );
+    }
+    for key in ["socket", "table", "when", "for_secs", "ban"] {
+        assert!(
+            DEFAULT_TOML.contains(&format!("\n# {key} = ")),
+            "escalate key {key}"
+        );
+    }
+    // The examples, uncommented (one restart way each), are a valid config.
+    let section = |from: &str, to: Option<&str>| {
+        let start = DEFAULT_TOML.find(from).unwrap();
+        let end = to.map_or(DEFAULT_TOML.len(), |t| {
+            DEFAULT_TOML[start..].find(t).unwrap() + start
+        });
+        DEFAULT_TOML[start..end]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with(' '))
+            .map(|l| format!("{}\n", l.split("  #").next().unwrap()))
+            .collect::<String>()
+    };
+    let watchdog: String = section("\n# [[watchdog]]\n", Some("\n\n"))
+        .lines()
+        .filter(|l| !l.starts_with("restart_command") && !l.starts_with("pid_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let escalate = section("\n# [[escalate.haproxy]]\n", None);
+    let s = parse(&format!("{APP_CHECK}{watchdog}{escalate}")).unwrap();
+    assert_eq!(s.watchdogs.len(), 1);
+    assert_eq!(s.escalate.len(), 1);
+}

@@ -118,3 +118,59 @@ impl<D: Datapath> Control<D> {
         Ok(removed)
     }
 }
+
+/// What [`Control::ban_l7`] did with a source the load balancer reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum L7Ban {
+    /// Banned until then (Unix seconds).
+    Banned(BanInfo),
+    /// Allow-listed: never banned (the allow-list entry is named).
+    Allowed(Cidr),
+    /// Banned already, until then (Unix seconds): left as it is.
+    AlreadyBanned(u64),
+}
+
+impl<D: Datapath> Control<D> {
+    /// Bans `ip` (the network it is tracked in) for `secs` with reason `l7:haproxy`, unless it
+    /// is allow-listed or banned already. The state file follows at the next sweep.
+    ///
+    /// # Errors
+    ///
+    /// A map error (the bans map is full, or the kernel refused).
+    pub fn ban_l7(&mut self, ip: IpAddr, secs: u64) -> Result<L7Ban, ControlError> {
+        if let Some(allowed) = self.allow.keys().find(|a| a.contains(ip)) {
+            return Ok(L7Ban::Allowed(*allowed));
+        }
+        let limits = self.settings.limits;
+        let key = match ip {
+            IpAddr::V4(v4) => {
+                guard_common::source_key_v4(v4.octets(), u32::from(limits.ipv4_prefix))
+            }
+            IpAddr::V6(v6) => {
+                guard_common::source_key_v6(v6.octets(), u32::from(limits.ipv6_prefix))
+            }
+        };
+        let now_unix = (self.wall)();
+        let now_ns = self.dp.now_ns();
+        if let Some((_, b)) = self
+            .dp
+            .bans()?
+            .into_iter()
+            .find(|(k, b)| *k == key && b.expires_ns > now_ns)
+        {
+            return Ok(L7Ban::AlreadyBanned(self.mono_to_wall(
+                b.expires_ns,
+                now_unix,
+                now_ns,
+            )));
+        }
+        let ban = Ban {
+            expires_ns: now_ns.saturating_add(secs.saturating_mul(NS_PER_SEC)),
+            since_ns: now_ns,
+            reason: reason::BAN_L7_HAPROXY,
+            _pad: 0,
+        };
+        self.dp.ban_insert(&key, &ban)?;
+        Ok(L7Ban::Banned(self.ban_info(&key, &ban, now_unix, now_ns)))
+    }
+}

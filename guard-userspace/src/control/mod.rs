@@ -44,6 +44,7 @@ mod sweep;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+pub use bans::L7Ban;
 pub use reports::*;
 pub use services::{KNOWN_SWEEP_EVERY, PREFIX_REASON};
 
@@ -180,6 +181,9 @@ pub fn key_cidr(key: &SourceKey, limits: &Limits) -> Cidr {
 
 /// A `reason::*` index by its name, for bans read back from the state file.
 fn reason_index(name: &str) -> u32 {
+    if name == reason::BAN_L7_HAPROXY_NAME {
+        return reason::BAN_L7_HAPROXY;
+    }
     reason::NAMES
         .iter()
         .position(|n| *n == name)
@@ -187,6 +191,9 @@ fn reason_index(name: &str) -> u32 {
 }
 
 fn reason_name(index: u32) -> String {
+    if index == reason::BAN_L7_HAPROXY {
+        return reason::BAN_L7_HAPROXY_NAME.to_string();
+    }
     reason::NAMES
         .get(index as usize)
         .map_or_else(|| format!("reason {index}"), |n| (*n).to_string())

@@ -802,3 +802,39 @@ fn key_conversions_round_trip() {
         assert_eq!(key_addr(&addr_key(ip)), ip);
     }
 }
+
+#[test]
+fn an_l7_ban_is_listed_with_its_reason_never_over_an_allow_listed_source() {
+    let f = fixture();
+    let mut c = f.control();
+    c.list_add(List::Allow, cidr("198.18.0.0/24"), None, None)
+        .unwrap();
+    let allowed: IpAddr = "198.18.0.9".parse().unwrap();
+    assert_eq!(
+        c.ban_l7(allowed, 600).unwrap(),
+        L7Ban::Allowed(cidr("198.18.0.0/24"))
+    );
+    let abuser: IpAddr = "198.18.1.7".parse().unwrap();
+    let L7Ban::Banned(info) = c.ban_l7(abuser, 600).unwrap() else {
+        panic!("not banned")
+    };
+    assert_eq!(info.reason, "l7:haproxy");
+    assert_eq!(info.expires, T0_UNIX + 600);
+    assert!(matches!(
+        c.ban_l7(abuser, 600).unwrap(),
+        L7Ban::AlreadyBanned(e) if e == T0_UNIX + 600
+    ));
+    let bans = c.bans().unwrap();
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(
+        (bans[0].source, bans[0].reason.as_str()),
+        (cidr("198.18.1.7/32"), "l7:haproxy")
+    );
+    // The state file keeps the reason, and a restart reads it back as the same ban.
+    c.sweep().unwrap();
+    let saved = f.saved();
+    assert_eq!(saved.bans[0].reason, "l7:haproxy");
+    let mut again = f.control();
+    again.restore(Some(saved)).unwrap();
+    assert_eq!(again.bans().unwrap()[0].reason, "l7:haproxy");
+}

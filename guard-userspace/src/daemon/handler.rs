@@ -79,6 +79,11 @@ impl<D: Datapath + BanEvents + Send + 'static> Daemon<D> {
                 }
                 Ok(reply)
             }
+            Request::Watchdogs => Ok(Reply::Watchdogs(self.controls.reports())),
+            Request::WatchdogRestart { name } => self
+                .controls
+                .restart_by_hand(&name)
+                .map(|message| Reply::WatchdogRestart { message }),
             other => rpc::dispatch(&self.control, other).await,
         }
     }

@@ -12,6 +12,7 @@
 //!
 //! SIGTERM and SIGINT stop the daemon and leave the program attached (fail-static: the pins
 //! keep it and its maps alive, and a restarted daemon adopts them). `guard detach` removes it.
+mod controls;
 mod handler;
 mod listeners;
 mod logging;
@@ -133,6 +134,9 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error("cannot start the daemon's runtime")]
     Runtime(#[source] std::io::Error),
+    /// A watchdog's unit or an escalation's HAProxy table is not there (the field is named).
+    #[error("{0}")]
+    Controls(String),
 }
 
 /// Reads the settings as `guard run` and `guard reload` do: the file (or embedded default),
@@ -190,6 +194,8 @@ struct Daemon<D: Datapath> {
     bpffs: Option<String>,
     /// The pin directory's lock, held for the daemon's life (`None` in tests).
     pin_lock: Option<crate::dataplane::PinDirLock>,
+    /// The watchdogs and escalations, and their tasks.
+    controls: controls::Controls,
 }
 
 impl<D: Datapath + BanEvents> Daemon<D> {
@@ -218,6 +224,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             reloading: Semaphore::new(1),
             bpffs: None,
             pin_lock: None,
+            controls: controls::Controls::default(),
         }
     }
 

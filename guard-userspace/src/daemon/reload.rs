@@ -32,6 +32,11 @@ impl<D: Datapath + BanEvents + Send + 'static> Daemon<D> {
             .config()
             .map_err(|e| reject(e.to_string()))?;
         let section = settings.health.clone();
+        // A watchdog's unit or a HAProxy table that is not there refuses the reload.
+        let preflight = super::controls::preflight(&settings)
+            .await
+            .map_err(reject)?;
+        let controls = settings.clone();
         // A new listen address is bound while the old one still serves; if it cannot be, the
         // reload is refused as a whole and everything stays as it was.
         let before = self.lock_health().listeners.addrs();
@@ -65,6 +70,7 @@ impl<D: Datapath + BanEvents + Send + 'static> Daemon<D> {
             health.eval.set_config(health_config);
             (old, health.listeners.addrs())
         };
+        self.apply_controls(&controls, &preflight);
         // Closed after the swap, so the new servers answer before the old ones stop.
         old.close().await;
         for (what, before, now) in [

@@ -106,6 +106,11 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
         }
     }
 
+    // The watchdogs' units and the HAProxy tables, before anything is attached.
+    let preflight = runtime
+        .block_on(super::controls::preflight(&settings))
+        .map_err(DaemonError::Controls)?;
+
     let dataplane::Loaded {
         datapath,
         attachments,
@@ -201,6 +206,8 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     daemon.allow = allow_tx;
     let daemon = Arc::new(daemon);
     daemon.publish_allow(allow_list(&daemon.lock()));
+    let controls = daemon.lock().settings().clone();
+    daemon.apply_controls(&controls, &preflight);
     // The first evaluation now, so that /metrics shows the data plane from the start.
     daemon.tick();
     let result = runtime.block_on(serve(
@@ -423,6 +430,8 @@ async fn serve(
     stop.cancelled().await;
     let _ = sd_notify(&[NotifyState::Stopping]);
     while tasks.join_next().await.is_some() {}
+    daemon.controls.tasks.close();
+    daemon.controls.tasks.wait().await;
     let listeners = std::mem::take(&mut daemon.lock_health().listeners);
     listeners.close().await;
     Ok(())

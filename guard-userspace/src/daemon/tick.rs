@@ -288,6 +288,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             drop_rate_pps,
             services: services.clone(),
             store,
+            watchdog: self.controls.drains(),
         });
         let kind = report.status.kind();
         if health.last_status != Some(kind) {

@@ -32,6 +32,9 @@ pub const MAX_CHECKS: usize = 32;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
+    /// A name for the check, by which a `[[watchdog]]` names the check of its service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// `tcp` or `http`.
     #[serde(rename = "type")]
     pub kind: String,
@@ -151,6 +154,7 @@ impl LocalCheck {
     /// [`HealthError::CheckTimeout`], naming the field and the value.
     pub fn from_spec(index: usize, spec: &CheckSpec) -> Result<Self, HealthError> {
         let CheckSpec {
+            name: _,
             kind,
             target,
             timeout_ms,
@@ -421,6 +425,16 @@ impl CheckRunner {
     pub fn results(&self) -> Option<Vec<CheckResult>> {
         let (at, results) = self.results.borrow().clone()?;
         Some(stale(results, at.elapsed(), self.stale_after))
+    }
+
+    /// A reader of the rounds, each as it finishes and when (the watchdogs').
+    pub fn subscribe(&self) -> watch::Receiver<Option<(Instant, Vec<CheckResult>)>> {
+        self.results.clone()
+    }
+
+    /// How old a round's results may be before they count as failed.
+    pub fn stale_after(&self) -> Duration {
+        self.stale_after
     }
 
     /// Replaces the checks (a reload); the next round uses them. Results of the old checks stay

@@ -58,6 +58,8 @@ pub(super) struct Streak {
 ///   better one `rise`. Within warn, the weight follows each sample.
 /// - Operator overrides apply at once: maint always; drain unless the host is failing
 ///   (a failing host is already out, and `fail` tells the load balancer more).
+/// - A watchdog's drain (it is restarting the service) applies at once, over everything but
+///   maint: the reason says what the watchdog is doing.
 /// - The XDP drop rate never moves the state (the guard absorbing a flood is not the host
 ///   being overloaded); when positive, the reason says how many packets/s are dropped.
 #[derive(Clone, Debug)]
@@ -116,6 +118,7 @@ impl Evaluator {
         let failing = self.held.as_ref().is_some_and(|h| h.level == Level::Fail);
         let (status, mut reason) = match &operator {
             Some(o) if o.mode == OverrideMode::Maint => (Status::Maint, o.describe()),
+            _ if !inputs.watchdog.is_empty() => (Status::Drain, inputs.watchdog.join("; ")),
             Some(o) if o.mode == OverrideMode::Drain && !failing => (Status::Drain, o.describe()),
             _ => match &self.held {
                 None if inputs.checks.is_none() => (

@@ -225,6 +225,10 @@ pub struct Inputs {
     /// What is wrong with the state store (changes it cannot save, a damaged one moved
     /// aside): warn, since the guard protects but what it holds may not survive a restart.
     pub store: Option<String>,
+    /// The drains the watchdogs hold (`watchdog: app memory 2.3GiB > 2GiB`), while they
+    /// restart a service: drain at once, over a computed fail (the host is out either way, and
+    /// the watchdog's reason says why and what comes next); only the operator's maint is above.
+    pub watchdog: Vec<String>,
 }
 
 /// A check's own verdict, as in draft-inadarei-api-health-check.

@@ -414,6 +414,28 @@ fn operator_drain_does_not_hide_a_failure_but_maint_does() {
 }
 
 #[test]
+fn a_watchdog_drain_applies_at_once_over_a_failing_check_but_not_over_maint() {
+    let mut sim = Sim::defaults().settled();
+    sim.inputs.watchdog = vec!["watchdog: app memory 2.3GiB > 2GiB".into()];
+    let r = sim.tick();
+    assert_eq!(
+        (r.status, r.reason.as_str()),
+        (Status::Drain, "watchdog: app memory 2.3GiB > 2GiB")
+    );
+    // The service's check fails while it restarts: the host says drain, with the watchdog's
+    // reason, not fail.
+    sim.inputs.checks = Some(vec![failed_check()]);
+    let r: Vec<_> = (0..4).map(|_| sim.tick()).collect();
+    assert_eq!(r[3].status, Status::Drain, "{}", r[3].reason);
+    let now = sim.inputs.now_unix;
+    sim.inputs.operator = Some(Override::new(OverrideMode::Maint, None, now, None));
+    assert_eq!(sim.tick().status, Status::Maint);
+    sim.inputs.operator = None;
+    sim.inputs.watchdog.clear();
+    assert_eq!(sim.tick().status, Status::Fail);
+}
+
+#[test]
 fn operator_ready_leaves_the_computed_state() {
     let mut sim = Sim::defaults().settled();
     sim.host.cpu = 95.0;

@@ -117,8 +117,13 @@ fn dispatch_now<D: Datapath>(control: &mut Control<D>, request: Request) -> Resu
         Request::Stats => control.stats().map(Reply::Stats).map_err(err),
         Request::Status => Ok(Reply::Status(Box::new(control.status()))),
         Request::Top { .. } => Err("top is answered by dispatch".to_string()),
-        Request::Reload | Request::Detach | Request::Health | Request::Operator { .. } => Err(
-            "this server cannot reload, detach or report health: it is not the guard daemon"
+        Request::Reload
+        | Request::Detach
+        | Request::Health
+        | Request::Operator { .. }
+        | Request::Watchdogs
+        | Request::WatchdogRestart { .. } => Err(
+            "this server cannot reload, detach, report health or run watchdogs: it is not the guard daemon"
                 .to_string(),
         ),
     }

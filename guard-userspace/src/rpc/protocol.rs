@@ -67,6 +67,12 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// `guard watchdog status`: every watchdog's samples, limits and history.
+    Watchdogs,
+    /// `guard watchdog restart NAME`: drain, restart and readmit by hand.
+    WatchdogRestart {
+        name: String,
+    },
 }
 
 /// A response: `{"ok": <reply>}` or `{"error": {"message": "..."}}`.
@@ -103,5 +109,10 @@ pub enum Reply {
     Operator {
         operator: Option<Override>,
         report: Box<HealthReport>,
+    },
+    Watchdogs(Vec<crate::watchdog::WatchdogReport>),
+    /// The restart asked for by hand is under way (the message says what comes next).
+    WatchdogRestart {
+        message: String,
     },
 }

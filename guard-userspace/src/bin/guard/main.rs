@@ -8,6 +8,7 @@ mod run;
 mod stats;
 mod version;
 mod watch;
+mod watchdog;
 
 use std::{fmt, path::PathBuf, process::ExitCode};
 
@@ -61,6 +62,9 @@ enum Command {
     Maint(health::OverrideArgs),
     /// Cancel `guard drain` or `guard maint`: the computed health state applies again.
     Ready(ClientArgs),
+    /// The watchdogs: drain, restart and readmit a failing service (`[[watchdog]]`).
+    #[command(subcommand)]
+    Watchdog(watchdog::WatchdogCmd),
     /// Print a shell completion script (bash, zsh or fish) on stdout.
     Completions(version::CompletionsArgs),
 }
@@ -155,6 +159,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Drain(args) => health::set(guard::health::OverrideMode::Drain, &args),
         Command::Maint(args) => health::set(guard::health::OverrideMode::Maint, &args),
         Command::Ready(client) => health::ready(&client),
+        Command::Watchdog(cmd) => watchdog::run(&cmd),
         Command::Completions(args) => version::completions(&args),
     }
 }
@@ -283,6 +288,9 @@ mod tests {
             "guard drain --for 10m --reason deploy",
             "guard maint --reason disk",
             "guard ready --json",
+            "guard watchdog status",
+            "guard watchdog status --json",
+            "guard watchdog restart app --socket /tmp/s",
             "guard completions bash",
             "guard completions zsh",
             "guard completions fish",

@@ -170,6 +170,8 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
                 control,
                 state,
                 health,
+                watchdogs,
+                escalate,
             } = &s;
             let what = match source {
                 ConfigSource::Embedded => "the built-in default config".to_string(),
@@ -264,7 +266,39 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
                 println!("  checks       none");
             }
             for c in &h.checks {
-                println!("  checks       {} {}", c.kind, c.target);
+                println!(
+                    "  checks       {} {}{}",
+                    c.kind,
+                    c.target,
+                    c.name
+                        .as_ref()
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default()
+                );
+            }
+            for w in watchdogs {
+                println!(
+                    "  watchdog     {}: check {}, restart by {}, after {} bad samples, drain {} s, at most once per {}",
+                    w.name,
+                    w.check,
+                    match &w.restart {
+                        guard::watchdog::Restart::Unit(u) => format!("systemd unit {u}"),
+                        guard::watchdog::Restart::Command(c) => format!("{:?}", c.join(" ")),
+                    },
+                    w.fail_after,
+                    w.drain_secs,
+                    Human(std::time::Duration::from_secs(w.min_interval_secs))
+                );
+            }
+            for e in escalate {
+                println!(
+                    "  escalate     HAProxy table {} on {}: {} for {} s bans for {} (l7:haproxy)",
+                    e.table,
+                    e.socket.display(),
+                    e.when,
+                    e.for_secs,
+                    Human(std::time::Duration::from_secs(e.ban_secs))
+                );
             }
             Ok(())
         }

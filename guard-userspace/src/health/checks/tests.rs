@@ -8,6 +8,7 @@ use super::*;
 
 fn spec(kind: &str, target: &str) -> CheckSpec {
     CheckSpec {
+        name: None,
         kind: kind.into(),
         target: target.into(),
         timeout_ms: Some(1000),
@@ -195,6 +196,7 @@ fn a_round_that_never_finishes_turns_its_last_results_failed_after_a_few_interva
     let check = LocalCheck::from_spec(
         0,
         &CheckSpec {
+            name: None,
             kind: "http".into(),
             target: format!("http://{addr}/"),
             timeout_ms: Some(10_000),

@@ -2,7 +2,11 @@
 //! the load balancers' pools (the host drains), restarted, and let back in once its check
 //! passes again, so that no user notices. This module is the decision: one state machine per
 //! `[[watchdog]]`, fed a sample a second; the daemon carries out what it asks (drain, restart,
-//! readmit) and tells it how the restart went.
+//! readmit) and tells it how the restart went. [`probe`] reads the samples, [`restart`]
+//! restarts (systemd over D-Bus, or a command).
+pub mod probe;
+pub mod restart;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -102,6 +106,63 @@ pub struct Watchdog {
 
 const HISTORY: usize = 20;
 
+/// A drain ends early once the service has no connections left, but never before this many
+/// seconds (or `drain_secs`, if shorter): the load balancers must have seen the drain first,
+/// or a connection between two of their checks would find the service restarting.
+pub const EARLY_END_AFTER_SECS: u64 = 5;
+
+/// What `max_memory` accepts, for error messages.
+pub const SIZE_EXPECTED: &str = "a size in bytes with a unit, B, KiB, MiB, GiB or TiB (powers of 1024), such as \"2GiB\" or \"512MiB\"";
+
+/// Parses `2GiB`, `512MiB`, `1.5GiB`, `4096B`: powers of 1024; at least 1 MiB.
+///
+/// # Errors
+///
+/// A message naming what is accepted.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("no unit: expected {SIZE_EXPECTED}"))?;
+    let (number, unit) = t.split_at(split);
+    let factor: u64 = match unit.trim() {
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return Err(format!("unknown unit {unit:?}: expected {SIZE_EXPECTED}")),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{number:?} is not a number: expected {SIZE_EXPECTED}"))?;
+    let bytes = n * factor as f64;
+    if !bytes.is_finite() || bytes < f64::from(1u32 << 20) || bytes > (1u64 << 50) as f64 {
+        return Err(format!(
+            "out of range: accepts 1MiB to 1024TiB ({SIZE_EXPECTED})"
+        ));
+    }
+    Ok(bytes as u64)
+}
+
+/// `guard watchdog status`: one watchdog as the operator sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WatchdogReport {
+    pub settings: WatchdogSettings,
+    pub phase: Phase,
+    /// The drain this watchdog holds (every health output shows it), if any.
+    pub drain: Option<String>,
+    /// Unix seconds of the last restart.
+    pub last_restart: Option<u64>,
+    /// The last sample: bytes, milliseconds, the check, the service's connections.
+    pub memory: Option<u64>,
+    pub latency_ms: Option<u64>,
+    pub check_ok: bool,
+    pub connections: Option<usize>,
+    /// Unix seconds and what happened, newest last.
+    pub history: Vec<(u64, String)>,
+}
+
 /// Bytes as an operator reads them (`2.3GiB`).
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -129,6 +190,27 @@ impl Watchdog {
             history: Vec::new(),
             last_sample: Sample::default(),
         }
+    }
+
+    /// The report `guard watchdog status` shows.
+    pub fn report(&self) -> WatchdogReport {
+        let s = &self.last_sample;
+        WatchdogReport {
+            settings: self.settings.clone(),
+            phase: self.phase.clone(),
+            drain: self.drain_reason(),
+            last_restart: self.last_restart,
+            memory: s.memory,
+            latency_ms: s.latency.map(|l| l.as_millis() as u64),
+            check_ok: s.check_ok,
+            connections: s.connections,
+            history: self.history.clone(),
+        }
+    }
+
+    /// Takes reloaded settings; the phase, last restart and history stay.
+    pub fn set_settings(&mut self, settings: WatchdogSettings) {
+        self.settings = settings;
     }
 
     fn note(&mut self, now: u64, what: String) {
@@ -220,8 +302,10 @@ impl Watchdog {
                 Action::Drain(reason)
             }
             Phase::Draining { since, reason } => {
-                let drained = now.saturating_sub(since) >= self.settings.drain_secs
-                    || sample.connections == Some(0);
+                let waited = now.saturating_sub(since);
+                let drained = waited >= self.settings.drain_secs
+                    || (sample.connections == Some(0)
+                        && waited >= EARLY_END_AFTER_SECS.min(self.settings.drain_secs));
                 if !drained {
                     return Action::None;
                 }
@@ -384,7 +468,9 @@ mod tests {
             connections: Some(0),
             ..leaking()
         };
-        assert_eq!(w.step(5, gone, false), Action::Restart);
+        // Drained at 2: not before the load balancers have had EARLY_END_AFTER_SECS to see it.
+        assert_eq!(w.step(4, gone, false), Action::None);
+        assert_eq!(w.step(7, gone, false), Action::Restart);
     }
 
     #[test]
@@ -465,6 +551,70 @@ mod tests {
         assert!(
             w.restart_by_hand(2001).is_ok(),
             "a drain can be asked again"
+        );
+    }
+
+    #[test]
+    fn sizes_parse_as_an_operator_writes_them_and_bad_ones_say_what_is_accepted() {
+        assert_eq!(parse_size("2GiB"), Ok(2 * GIB));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 * GIB / 2));
+        for bad in ["2", "2GB", "GiB", "-1GiB", "1KiB", "x2MiB", "2 gib"] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains("such as \"2GiB\""), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_restart_that_hangs_past_its_timeout_leaves_the_host_drained_and_nothing_loops() {
+        let mut w = app();
+        for t in 0..3 {
+            w.step(t, leaking(), false);
+        }
+        assert_eq!(w.step(40, leaking(), false), Action::Restart);
+        // The daemon's restart runs (under its timeout); the samples go on meanwhile.
+        for t in 41..100 {
+            assert_eq!(w.step(t, leaking(), false), Action::None);
+        }
+        w.restarted(
+            101,
+            Err("restart command did not finish within 1m (killed)".into()),
+        );
+        assert!(
+            w.drain_reason()
+                .unwrap()
+                .contains("did not finish within 1m")
+        );
+        for t in 102..3000 {
+            assert_eq!(w.step(t, well(), false), Action::None, "at {t}");
+        }
+        assert!(w.drain_reason().is_some(), "still drained, saying why");
+    }
+
+    #[test]
+    fn a_service_that_never_recovers_is_held_drained_not_restarted_again() {
+        let mut w = app();
+        for t in 0..3 {
+            w.step(t, leaking(), false);
+        }
+        w.step(40, leaking(), false);
+        w.restarted(41, Ok(()));
+        let down = Sample {
+            check_ok: false,
+            ..well()
+        };
+        for t in 42..42 + RECOVER_TIMEOUT.as_secs() {
+            assert_eq!(w.step(t, down, false), Action::None);
+        }
+        assert!(matches!(w.phase, Phase::Held { retry_at: None, .. }));
+        assert!(w.drain_reason().unwrap().contains("did not recover"));
+        assert_eq!(w.step(5000, well(), false), Action::None);
+        assert_eq!(
+            w.report()
+                .history
+                .last()
+                .map(|h| h.1.contains("did not recover")),
+            Some(true)
         );
     }
 
