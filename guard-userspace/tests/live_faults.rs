@@ -311,17 +311,25 @@ fn a_check_that_stops_answering_turns_failed_after_a_few_intervals_not_after_its
             "",
         ],
     );
+    // The check's own verdict (the host's follows the machine's load as well, which other
+    // work on a shared machine can hold at warn).
+    let http = |h: &serde_json::Value| {
+        h["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|o| o["component"] == "http").cloned())
+            .unwrap_or(serde_json::Value::Null)
+    };
     wait_for(WAIT, || {
-        (b.json(&["health"])["status"] == "pass").then_some(())
+        (http(&b.json(&["health"]))["status"] == "pass").then_some(())
     })
-    .unwrap_or_else(|| panic!("never pass: {}", b.tb.logs()));
+    .unwrap_or_else(|| panic!("the check never passed: {}", b.tb.logs()));
     answering.store(false, std::sync::atomic::Ordering::SeqCst);
     let t = Instant::now();
     let h = wait_for(Duration::from_secs(12), || {
         let h = b.json(&["health"]);
-        (h["status"] != "pass").then_some(h)
+        (http(&h)["status"] != "pass").then_some(h)
     })
-    .unwrap_or_else(|| panic!("still pass 12 s after the check stopped answering"));
+    .unwrap_or_else(|| panic!("the check still passes 12 s after it stopped answering"));
     assert!(h.to_string().contains("no result for"), "{h}");
     eprintln!("failed after {:?}: {}", t.elapsed(), h["reason"]);
 }
