@@ -1,5 +1,6 @@
 //! The daemon's configuration: a TOML file (or the embedded default) parsed raw, then validated
 //! into [`Settings`], with `guard run` flags applied on top; errors name line, field and range.
+mod fleet;
 mod overrides;
 mod routes;
 mod schema;
@@ -23,6 +24,7 @@ use crate::{
     health::{CheckSpec, HealthConfig, HealthError, HealthSettings},
 };
 
+pub use fleet::{FleetSettings, Share, check_name};
 pub use overrides::{Overrides, mode_name, parse_mode};
 pub use routes::default_route_interfaces;
 #[cfg(test)]
@@ -156,6 +158,9 @@ pub struct Settings {
     pub control: ControlSettings,
     pub state: StateSettings,
     pub health: HealthSection,
+    /// `[fleet]`: shared bans, deny entries and drain state; `None`: this host stands alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetSettings>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -13,6 +13,7 @@ pub(super) struct RawConfig {
     pub(super) control: RawControl,
     pub(super) state: RawState,
     pub(super) health: RawHealth,
+    pub(super) fleet: Option<Spanned<super::fleet::RawFleet>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

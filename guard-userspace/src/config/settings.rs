@@ -57,6 +57,7 @@ impl Settings {
                 agent_listen: parse_listen(DEFAULT_AGENT_LISTEN).expect("a valid default"),
                 settings: HealthSettings::default(),
             },
+            fleet: None,
         }
     }
 
@@ -105,6 +106,7 @@ impl Settings {
             control,
             state,
             health,
+            fleet,
         } = raw;
         let mut out = Self::builtin();
         out.source = source.clone();
@@ -199,6 +201,7 @@ impl Settings {
             out.state.dir = v.path(dir, "state.dir", false)?;
         }
         out.health = v.health(health)?;
+        out.fleet = fleet.map(|f| v.fleet(f)).transpose()?;
         Ok(out)
     }
 
@@ -364,6 +367,7 @@ impl Settings {
             attack: _,
             services: _,
             prefixes: _,
+            fleet,
         } = self;
         let mut out = Vec::new();
         if *interfaces != new.datapath.interfaces {
@@ -386,6 +390,9 @@ impl Settings {
         }
         if *ipv6_prefix != new.limits.ipv6_prefix {
             out.push("limits.ipv6_prefix");
+        }
+        if *fleet != new.fleet {
+            out.push("fleet");
         }
         out
     }

@@ -30,6 +30,7 @@ use crate::{
 
 pub mod attack;
 mod bans;
+mod fleet;
 mod lists;
 mod operator;
 mod reports;
@@ -236,6 +237,9 @@ pub struct Control<D: Datapath> {
     pending_prefixes: Vec<Cidr>,
     /// When the known sources were last walked for expiry, and how many there were.
     known_swept: Option<(Instant, usize)>,
+    /// Bans applied from the fleet: the origin host and the ban's expiry (a later local ban of
+    /// the same source, with another expiry, is this host's own again).
+    fleet_origins: HashMap<SourceKey, (String, u64)>,
 }
 
 impl<D: Datapath> Control<D> {
@@ -260,6 +264,7 @@ impl<D: Datapath> Control<D> {
             prefix_bans: BTreeMap::new(),
             pending_prefixes: Vec::new(),
             known_swept: None,
+            fleet_origins: HashMap::new(),
         }
     }
 
