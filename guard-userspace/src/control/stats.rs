@@ -239,6 +239,7 @@ impl<D: Datapath> Control<D> {
                     &self.settings.datapath.pin_dir,
                 ),
             },
+            fleet: None,
         }
     }
 }

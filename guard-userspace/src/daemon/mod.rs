@@ -12,6 +12,7 @@
 //!
 //! SIGTERM and SIGINT stop the daemon and leave the program attached (fail-static: the pins
 //! keep it and its maps alive, and a restarted daemon adopts them). `guard detach` removes it.
+mod fleet;
 mod handler;
 mod listeners;
 mod logging;
@@ -169,6 +170,8 @@ struct Daemon<D: Datapath> {
     allow: watch::Sender<Arc<Vec<Cidr>>>,
     /// One reload at a time (a SIGHUP and a `guard reload` may meet).
     reloading: Semaphore,
+    /// The fleet this host is in (`[fleet]`), if any.
+    fleet: Option<crate::fleet::Fleet>,
 }
 
 impl<D: Datapath + BanEvents> Daemon<D> {
@@ -193,6 +196,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             ban_events: Mutex::new(None),
             allow: watch::channel(allow).0,
             reloading: Semaphore::new(1),
+            fleet: None,
         }
     }
 

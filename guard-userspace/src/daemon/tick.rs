@@ -11,7 +11,8 @@ use super::{
 use crate::{
     dataplane::{Attachment, Datapath, events},
     health::{
-        CheckRunner, DropRate, Evaluator, Inputs, InterfaceInput, MapFill, ProcSource, StatusKind,
+        CheckRunner, DropRate, Evaluator, Inputs, InterfaceInput, MapFill, OverrideMode,
+        ProcSource, StatusKind,
         SystemSample, dropped_packets,
     },
     rpc::error_chain,
@@ -234,10 +235,17 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             interfaces,
             maps: maps.clone(),
             checks,
-            operator,
+            operator: operator.clone(),
             drop_rate_pps,
             services: services.clone(),
+            fleet: self.fleet.as_ref().and_then(|f| f.warning()),
         });
+        if let Some(f) = &self.fleet {
+            let out = operator.as_ref().is_some_and(|o| {
+                o.is_active(now_unix) && matches!(o.mode, OverrideMode::Drain | OverrideMode::Maint)
+            });
+            f.set_local(report.status.kind().name(), out);
+        }
         let kind = report.status.kind();
         if health.last_status != Some(kind) {
             if health.last_status.is_some() || kind != StatusKind::Starting {

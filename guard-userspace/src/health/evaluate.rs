@@ -456,6 +456,24 @@ impl Evaluator {
             });
         }
 
+        if let Some(problem) = &inputs.fleet {
+            found.push(Assessment {
+                level: Level::Warn,
+                weight: 100,
+                reason: problem.clone(),
+            });
+            obs.push(Observation {
+                component: "fleet".to_string(),
+                measurement: "connected".to_string(),
+                component_id: None,
+                observed: Some(Observed::Bool(false)),
+                unit: None,
+                threshold: Some("connected".to_string()),
+                status: CheckStatus::Warn,
+                output: Some(problem.clone()),
+            });
+        }
+
         let level = found.iter().map(|a| a.level).max().unwrap_or(Level::Pass);
         let assessment = if level == Level::Pass {
             Assessment {

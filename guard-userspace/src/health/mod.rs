@@ -222,6 +222,9 @@ pub struct Inputs {
     /// The services the guard watches: shown, and named in the reason while under attack;
     /// they never move the state (a host whose guard sheds a flood is not overloaded).
     pub services: Vec<crate::control::attack::ServiceReport>,
+    /// The fleet's problem, if any (its servers cannot be reached): a warn, never worse, since
+    /// the host's local protection is intact. `None` outside a fleet.
+    pub fleet: Option<String>,
 }
 
 /// A check's own verdict, as in draft-inadarei-api-health-check.

@@ -117,7 +117,14 @@ fn dispatch_now<D: Datapath>(control: &mut Control<D>, request: Request) -> Resu
         Request::Stats => control.stats().map(Reply::Stats).map_err(err),
         Request::Status => Ok(Reply::Status(Box::new(control.status()))),
         Request::Top { .. } => Err("top is answered by dispatch".to_string()),
-        Request::Reload | Request::Detach | Request::Health | Request::Operator { .. } => Err(
+        Request::Reload
+        | Request::Detach
+        | Request::Health
+        | Request::Operator { .. }
+        | Request::FleetStatus
+        | Request::FleetUnban { .. }
+        | Request::FleetListAdd { .. }
+        | Request::FleetListDel { .. } => Err(
             "this server cannot reload, detach or report health: it is not the guard daemon"
                 .to_string(),
         ),
