@@ -160,15 +160,27 @@ async fn open(js: &jetstream::Context, name: &str) -> Result<kv::Store, String> 
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }
-    js.create_key_value(kv::Config {
-        bucket: name.to_string(),
-        history: 1,
+    // The bucket's stream as `create_key_value` makes it, made here: that call first asks for
+    // the account's info, whose answer from nats-server 2.9 (Debian's) async-nats 0.51 cannot
+    // parse. The stream is the whole of a bucket.
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
         ..Default::default()
     })
     .await
-    .map_err(|e| format!("cannot open or create the KV bucket {name:?}: {e}"))
+    .map_err(|e| format!("cannot create the KV bucket {name:?}: {e}"))?;
+    js.get_key_value(name)
+        .await
+        .map_err(|e| format!("cannot open the KV bucket {name:?}: {e}"))
 }
-
 
 /// Serves one connection until it is lost (the reason) or `stop`.
 async fn session(
