@@ -257,7 +257,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             tracing::warn!("reading the counters for metrics: {e}");
         }
         let slots = counters.as_deref().unwrap_or_default();
-        let text = metrics::render(&Snapshot {
+        let mut text = metrics::render(&Snapshot {
             up: counters.is_ok(),
             interfaces: &metrics::interface_counters(slots, &attachments),
             bans_active: bans_active as u64,
@@ -267,6 +267,9 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             known_sources: known_sources as u64,
             prefix_bans: prefix_bans as u64,
         });
+        if let Some(f) = &self.fleet {
+            text.push_str(&metrics::render_fleet(&f.status()));
+        }
         self.published.publish(report, text, seq);
     }
 }
