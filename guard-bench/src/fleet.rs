@@ -153,7 +153,16 @@ fn measure(guard: &Path, section: &mut Section) -> Result<()> {
     let b = tb.netns("b")?;
     let br = format!("n15{tag}br");
     sh(&["ip", "-n", &n, "link", "add", &br, "type", "bridge"])?;
-    sh(&["ip", "-n", &n, "addr", "add", &format!("{NATS}/24"), "dev", &br])?;
+    sh(&[
+        "ip",
+        "-n",
+        &n,
+        "addr",
+        "add",
+        &format!("{NATS}/24"),
+        "dev",
+        &br,
+    ])?;
     sh(&["ip", "-n", &n, "link", "set", &br, "up"])?;
     let plug = |ns: &str, addr: &str, role: &str| -> Result<String> {
         let inner = format!("n15{tag}{role}");
@@ -165,7 +174,16 @@ fn measure(guard: &Path, section: &mut Section) -> Result<()> {
             "ip", "link", "add", &inner, "netns", ns, "type", "veth", "peer", "name", &outer,
             "netns", &n,
         ])?;
-        sh(&["ip", "-n", ns, "addr", "add", &format!("{addr}/24"), "dev", &inner])?;
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &inner,
+        ])?;
         sh(&["ip", "-n", ns, "link", "set", &inner, "up"])?;
         sh(&["ip", "-n", &n, "link", "set", &outer, "master", &br])?;
         sh(&["ip", "-n", &n, "link", "set", &outer, "up"])?;
@@ -201,7 +219,10 @@ fn measure(guard: &Path, section: &mut Section) -> Result<()> {
     for h in [&host_a, &host_b] {
         let out = guard_cli(guard, &h.dir.join("guard.sock"), &["allow", "add", NATS])?;
         if !out.status.success() {
-            bail!("guard allow add {NATS}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "guard allow add {NATS}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
     let sockets: Vec<UdpSocket> = run_in(&x, || {

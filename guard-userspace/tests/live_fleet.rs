@@ -77,9 +77,18 @@ fn bed() -> Bed {
     let host_ns: Vec<String> = NAMES.iter().map(|n| mk(n)).collect();
     let br = format!("n15{tag}br");
     sh(&["ip", "-n", &nats_ns, "link", "add", &br, "type", "bridge"]);
-    sh(&["ip", "-n", &nats_ns, "addr", "add", &format!("{NATS}/24"), "dev", &br]);
+    sh(&[
+        "ip",
+        "-n",
+        &nats_ns,
+        "addr",
+        "add",
+        &format!("{NATS}/24"),
+        "dev",
+        &br,
+    ]);
     sh(&["ip", "-n", &nats_ns, "link", "set", &br, "up"]);
-    let mut plug = |ns: &str, addr: &str, role: &str| {
+    let plug = |ns: &str, addr: &str, role: &str| {
         let inner = format!("n15{tag}{role}");
         let outer = format!("n15{tag}p{role}");
         assert!(outer.len() <= 15, "{outer} is too long for IFNAMSIZ");
@@ -87,14 +96,25 @@ fn bed() -> Bed {
             "ip", "link", "add", &inner, "netns", ns, "type", "veth", "peer", "name", &outer,
             "netns", &nats_ns,
         ]);
-        sh(&["ip", "-n", ns, "addr", "add", &format!("{addr}/24"), "dev", &inner]);
+        sh(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &inner,
+        ]);
         sh(&["ip", "-n", ns, "link", "set", &inner, "up"]);
         sh(&["ip", "-n", &nats_ns, "link", "set", &outer, "master", &br]);
         sh(&["ip", "-n", &nats_ns, "link", "set", &outer, "up"]);
         inner
     };
     let _ = plug(&atk_ns, ATK, "x");
-    let host_if: Vec<String> = (0..3).map(|i| plug(&host_ns[i], HOSTS[i], NAMES[i])).collect();
+    let host_if: Vec<String> = (0..3)
+        .map(|i| plug(&host_ns[i], HOSTS[i], NAMES[i]))
+        .collect();
     let nats_dir = std::env::temp_dir().join(format!("n15-nats-{tag}"));
     std::fs::create_dir_all(&nats_dir).unwrap();
     let sinks: Vec<UdpSocket> = (0..3)
@@ -136,8 +156,10 @@ warn_at = 99.5
 drain_at = 100
 psi_warn_at = 99
 psi_drain_at = 100
+# Better at once, worse only after 100 samples: this machine's load cannot drain a host
+# during the test (the fleet's warn is not held back: it bypasses the hysteresis).
 rise = 1
-fall = 1
+fall = 100
 
 [fleet]
 servers = ["nats://{NATS}:{NATS_PORT}"]
@@ -168,7 +190,9 @@ impl Bed {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("spawn nats-server (Debian package nats-server; `cargo xtask test` installs it)");
+            .expect(
+                "spawn nats-server (Debian package nats-server; `cargo xtask test` installs it)",
+            );
         self.nats = Some(child);
         let ns = self.nats_ns.clone();
         wait_for(WAIT, || {
@@ -224,15 +248,27 @@ impl Bed {
     /// How many of `n` datagrams from the attacker reach host `i`.
     fn arrivals(&self, i: usize, n: u32) -> u32 {
         drain_counts(&self.sinks[i], Duration::from_millis(50));
-        blast(&self.atk, &format!("{}:9000", HOSTS[i]), n, Duration::from_secs(2));
+        blast(
+            &self.atk,
+            &format!("{}:9000", HOSTS[i]),
+            n,
+            Duration::from_secs(2),
+        );
         let got = drain_counts(&self.sinks[i], Duration::from_millis(300));
-        got.get(&ATK.parse::<IpAddr>().unwrap()).copied().unwrap_or(0)
+        got.get(&ATK.parse::<IpAddr>().unwrap())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Floods host `i` until it bans the attacker; returns when its `guard bans` shows it.
     fn flood_until_banned(&self, i: usize) -> Instant {
         wait_for(WAIT, || {
-            blast(&self.atk, &format!("{}:9000", HOSTS[i]), 2_000, Duration::from_secs(1));
+            blast(
+                &self.atk,
+                &format!("{}:9000", HOSTS[i]),
+                2_000,
+                Duration::from_secs(1),
+            );
             self.ban_reason(i).map(|_| Instant::now())
         })
         .unwrap_or_else(|| panic!("host {} never banned the flood\n{}", NAMES[i], self.logs()))
@@ -293,7 +329,12 @@ fn fleet_shares_bans_catches_up_rides_out_the_server_and_keeps_the_drain_budget(
         .unwrap_or_else(|| panic!("host {} never applied a's ban\n{}", NAMES[i], bed.logs()));
         let lag = seen.saturating_duration_since(banned_at);
         assert!(lag < Duration::from_secs(1), "host {}: {lag:?}", NAMES[i]);
-        assert_eq!(bed.arrivals(i, 50), 0, "host {} lets the banned source in", NAMES[i]);
+        assert_eq!(
+            bed.arrivals(i, 50),
+            0,
+            "host {} lets the banned source in",
+            NAMES[i]
+        );
     }
 
     // `guard unban --fleet` on b lifts it everywhere.
@@ -319,22 +360,28 @@ fn fleet_shares_bans_catches_up_rides_out_the_server_and_keeps_the_drain_budget(
         (0..3).all(|i| {
             let h = bed.health(i);
             // warn, never fail (the host's own load may add to the reason, never the state here).
-            h["status"] == "warn" && h["reason"].as_str().is_some_and(|r| r.contains("fleet servers unreachable"))
+            h["status"] == "warn"
+                && h["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("fleet servers unreachable"))
         })
     });
     let status = bed.hosts[1].guard_ok(&["status"]);
     assert!(status.contains("NOT CONNECTED"), "{status}");
-    for i in 0..3 {
-        assert_eq!(bed.arrivals(i, 50), 0, "host {} during the outage", NAMES[i]);
+    for (i, name) in NAMES.iter().enumerate() {
+        assert_eq!(bed.arrivals(i, 50), 0, "host {name} during the outage");
     }
     // A deny entry made during the outage waits for the server, then reaches everyone.
-    bed.hosts[0].guard_ok(&["deny", "add", DENIED, "--ttl", "10m", "--fleet", "--reason", "outage"]);
+    bed.hosts[0].guard_ok(&[
+        "deny", "add", DENIED, "--ttl", "10m", "--fleet", "--reason", "outage",
+    ]);
     bed.start_nats();
     bed.wait("the hosts converge once the server is back", || {
         (0..3).all(|i| {
             let deny = bed.json(i, &["deny", "list"]);
             let listed = deny.as_array().is_some_and(|d| {
-                d.iter().any(|e| e["cidr"].as_str() == Some(&format!("{DENIED}/32")))
+                d.iter()
+                    .any(|e| e["cidr"].as_str() == Some(&format!("{DENIED}/32")))
             });
             // Back to whatever the host's own load says: no longer the fleet's warn.
             let h = bed.health(i);
@@ -347,18 +394,25 @@ fn fleet_shares_bans_catches_up_rides_out_the_server_and_keeps_the_drain_budget(
 
     // The drain budget: 0.34 of 3 hosts is one.
     bed.wait("all three back in the pool", || {
-        bed.fleet(0)["members"].as_array().is_some_and(|m| m.len() == 3)
+        bed.fleet(0)["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 3)
     });
     bed.hosts[0].guard_ok(&["drain", "--reason", "deploy"]);
     let refused = bed.guard(1, &["drain"]);
     let err = String::from_utf8_lossy(&refused.stderr).to_string();
-    assert!(!refused.status.success(), "b's drain went through past the budget");
+    assert!(
+        !refused.status.success(),
+        "b's drain went through past the budget"
+    );
     assert!(err.contains("refused") && err.contains(": a;"), "{err}");
     assert_ne!(bed.health(1)["status"], "drain");
     // a ready again: its slot is freed.
     bed.hosts[0].guard_ok(&["ready"]);
     bed.wait("a's slot freed", || {
-        bed.fleet(1)["slots"]["held"].as_object().is_some_and(|h| h.is_empty())
+        bed.fleet(1)["slots"]["held"]
+            .as_object()
+            .is_some_and(|h| h.is_empty())
             && bed.fleet(1)["members"]
                 .as_array()
                 .is_some_and(|m| m.iter().all(|m| m["state"] != "drain"))

@@ -3,7 +3,9 @@
 use super::*;
 
 /// What a host can share with the fleet (`share = [...]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Share {
     Bans,
@@ -86,7 +88,8 @@ fn default_host() -> Result<String, String> {
         .map_err(|e| format!("cannot read the hostname ({e}): set fleet.host"))?;
     let name = name.trim();
     let short = name.split('.').next().unwrap_or_default().to_string();
-    check_name(&short).map_err(|e| format!("the hostname {name:?} is not usable ({e}): set fleet.host"))?;
+    check_name(&short)
+        .map_err(|e| format!("the hostname {name:?} is not usable ({e}): set fleet.host"))?;
     Ok(short)
 }
 
@@ -136,7 +139,8 @@ impl Validator<'_> {
         let pool = name(pool, "fleet.pool", "default")?;
         let host = match host {
             Some(h) if !h.get_ref().is_empty() => name(Some(h), "fleet.host", "")?,
-            Some(h) => default_host().map_err(|e| self.invalid(&h.span(), "fleet.host", "\"\"".into(), e))?,
+            Some(h) => default_host()
+                .map_err(|e| self.invalid(&h.span(), "fleet.host", "\"\"".into(), e))?,
             None => default_host()
                 .map_err(|e| self.invalid(&table_span, "fleet.host", "(hostname)".into(), e))?,
         };

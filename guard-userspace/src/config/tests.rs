@@ -455,15 +455,26 @@ fn no_fleet_table_means_no_fleet_and_one_is_read_with_defaults() {
     assert_eq!(f.creds, Some(PathBuf::from("/etc/guard/f.creds")));
     assert_eq!(f.tls_ca, Some(PathBuf::from("/etc/ca.pem")));
     // The hostname is the default host.
-    let f = parse("[fleet]\nservers = [\"n1:4222\"]\n").unwrap().fleet.unwrap();
+    let f = parse("[fleet]\nservers = [\"n1:4222\"]\n")
+        .unwrap()
+        .fleet
+        .unwrap();
     assert!(!f.host.is_empty() && !f.host.contains('.'), "{}", f.host);
 }
 
 #[test]
 fn bad_fleet_values_name_line_field_value_and_what_is_accepted() {
     for (text, field, accepted) in [
-        ("[fleet]\nhost = \"a\"\n", "fleet.servers", "one or more NATS server URLs"),
-        ("[fleet]\nservers = []\nhost = \"a\"\n", "fleet.servers", "one or more"),
+        (
+            "[fleet]\nhost = \"a\"\n",
+            "fleet.servers",
+            "one or more NATS server URLs",
+        ),
+        (
+            "[fleet]\nservers = []\nhost = \"a\"\n",
+            "fleet.servers",
+            "one or more",
+        ),
         (
             "[fleet]\nservers = [\"http://n1\"]\nhost = \"a\"\n",
             "fleet.servers = \"http://n1\"",

@@ -31,7 +31,9 @@ impl<D: Datapath> Control<D> {
             return Ok(Applied::Skipped("already expired".into()));
         }
         if let Some(a) = self.allow_overlap(&source) {
-            return Ok(Applied::Skipped(format!("{a} is in this host's allow list")));
+            return Ok(Applied::Skipped(format!(
+                "{a} is in this host's allow list"
+            )));
         }
         let prefix = if source.is_ipv4() {
             self.settings.limits.ipv4_prefix
@@ -50,8 +52,7 @@ impl<D: Datapath> Control<D> {
                 _pad: 0,
             },
         )?;
-        self.fleet_origins
-            .retain(|_, (_, e)| *e > now_ns);
+        self.fleet_origins.retain(|_, (_, e)| *e > now_ns);
         self.fleet_origins
             .insert(key, (origin.to_string(), expires_ns));
         Ok(Applied::Done)
@@ -90,10 +91,16 @@ impl<D: Datapath> Control<D> {
         if list == List::Deny
             && let Some(a) = self.allow_overlap(&cidr)
         {
-            return Ok(Applied::Skipped(format!("{a} is in this host's allow list")));
+            return Ok(Applied::Skipped(format!(
+                "{a} is in this host's allow list"
+            )));
         }
         if let Some(e) = self.list(list).get(&cidr)
-            && !e.record.reason.as_deref().is_some_and(|r| r.starts_with("fleet:"))
+            && !e
+                .record
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("fleet:"))
         {
             return Ok(Applied::Skipped(format!(
                 "this host's own {} entry stays",
@@ -112,7 +119,12 @@ impl<D: Datapath> Control<D> {
     /// As [`Control::list_del`].
     pub fn fleet_list_del(&mut self, list: List, cidr: Cidr) -> Result<Applied, ControlError> {
         match self.list(list).get(&cidr) {
-            Some(e) if e.record.reason.as_deref().is_some_and(|r| r.starts_with("fleet:")) => {
+            Some(e)
+                if e.record
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("fleet:")) =>
+            {
                 self.list_del(list, cidr)?;
                 Ok(Applied::Done)
             }

@@ -771,7 +771,8 @@ fn fleet_ban_is_applied_with_its_origin_and_absolute_expiry_never_over_the_allow
     assert!(c.list_entries(List::Deny).is_empty());
     // Already expired where it was made: skipped.
     assert!(matches!(
-        c.fleet_ban(cidr("198.18.0.8/32"), T0_UNIX - 1, "web-1").unwrap(),
+        c.fleet_ban(cidr("198.18.0.8/32"), T0_UNIX - 1, "web-1")
+            .unwrap(),
         crate::fleet::Applied::Skipped(_)
     ));
     // Lifted as the fleet lifts it.
@@ -797,7 +798,10 @@ fn fleet_list_entries_never_replace_or_remove_this_hosts_own() {
         c.fleet_list_del(List::Deny, cidr("198.18.2.0/24")).unwrap(),
         crate::fleet::Applied::Skipped(_)
     ));
-    assert_eq!(c.list_entries(List::Deny)[0].reason.as_deref(), Some("mine"));
+    assert_eq!(
+        c.list_entries(List::Deny)[0].reason.as_deref(),
+        Some("mine")
+    );
     c.fleet_list_add(List::Deny, cidr("198.18.3.0/24"), T0_UNIX + 60, "web-2")
         .unwrap();
     let e = c

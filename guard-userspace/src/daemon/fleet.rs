@@ -83,9 +83,9 @@ pub(super) async fn publish_bans<D: Datapath + Send + 'static>(
 
 impl<D: Datapath + BanEvents + Send + 'static> Daemon<D> {
     fn fleet(&self) -> Result<&Fleet, String> {
-        self.fleet
-            .as_ref()
-            .ok_or_else(|| "this host is in no fleet: add a [fleet] table to its config".to_string())
+        self.fleet.as_ref().ok_or_else(|| {
+            "this host is in no fleet: add a [fleet] table to its config".to_string()
+        })
     }
 
     /// `guard fleet status`.
@@ -134,7 +134,12 @@ impl<D: Datapath + BanEvents + Send + 'static> Daemon<D> {
         }
         let why = reason.clone();
         let added = rpc::blocking(&self.control, move |c| {
-            c.list_add(list, cidr, ttl_secs.map(std::time::Duration::from_secs), why)
+            c.list_add(
+                list,
+                cidr,
+                ttl_secs.map(std::time::Duration::from_secs),
+                why,
+            )
         })
         .await?
         .map_err(|e| error_chain(&e))?;
@@ -164,7 +169,11 @@ impl<D: Datapath + BanEvents + Send + 'static> Daemon<D> {
     }
 
     /// Before a drain or maintenance: a slot in the pool's budget, unless `force` or no fleet.
-    pub(super) async fn drain_slot(&self, for_secs: Option<u64>, force: bool) -> Result<(), String> {
+    pub(super) async fn drain_slot(
+        &self,
+        for_secs: Option<u64>,
+        force: bool,
+    ) -> Result<(), String> {
         let Some(fleet) = &self.fleet else {
             return Ok(());
         };

@@ -12,8 +12,7 @@ use crate::{
     dataplane::{Attachment, Datapath, events},
     health::{
         CheckRunner, DropRate, Evaluator, Inputs, InterfaceInput, MapFill, OverrideMode,
-        ProcSource, StatusKind,
-        SystemSample, dropped_packets,
+        ProcSource, StatusKind, SystemSample, dropped_packets,
     },
     rpc::error_chain,
     serve::metrics::{self, Snapshot},

@@ -127,7 +127,11 @@ mod tests {
 
     #[test]
     fn the_second_drain_of_three_at_a_third_is_refused_naming_the_first() {
-        let members = [member("a", "pass"), member("b", "pass"), member("c", "pass")];
+        let members = [
+            member("a", "pass"),
+            member("b", "pass"),
+            member("c", "pass"),
+        ];
         let Decision::Take(slots) = decide(&Slots::default(), &members, "a", 0, NOW, 0.34) else {
             panic!("a may drain");
         };
@@ -141,7 +145,11 @@ mod tests {
             }
         );
         // A host that publishes drain (its own load) counts as out without a slot.
-        let members = [member("a", "drain"), member("b", "pass"), member("c", "pass")];
+        let members = [
+            member("a", "drain"),
+            member("b", "pass"),
+            member("c", "pass"),
+        ];
         assert!(matches!(
             decide(&Slots::default(), &members, "b", 0, NOW, 0.34),
             Decision::Refuse { .. }
@@ -150,7 +158,11 @@ mod tests {
 
     #[test]
     fn expired_slots_and_departed_hosts_free_their_slot() {
-        let members = [member("a", "pass"), member("b", "pass"), member("c", "pass")];
+        let members = [
+            member("a", "pass"),
+            member("b", "pass"),
+            member("c", "pass"),
+        ];
         let mut slots = Slots::default();
         slots.held.insert("a".into(), NOW - 1);
         assert!(matches!(
@@ -169,7 +181,11 @@ mod tests {
 
     #[test]
     fn a_host_already_draining_keeps_its_slot_and_release_frees_it() {
-        let members = [member("a", "drain"), member("b", "pass"), member("c", "pass")];
+        let members = [
+            member("a", "drain"),
+            member("b", "pass"),
+            member("c", "pass"),
+        ];
         let mut slots = Slots::default();
         slots.held.insert("a".into(), 0);
         let Decision::Take(s) = decide(&slots, &members, "a", NOW + 60, NOW, 0.34) else {

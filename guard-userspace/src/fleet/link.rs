@@ -15,7 +15,11 @@ use super::{
     Applied, Apply, Fleet, Out, SharedEntry,
     budget::{self, Decision, MemberState, Slots},
 };
-use crate::{cidr::Cidr, config::{FleetSettings, Share}, state::unix_now};
+use crate::{
+    cidr::Cidr,
+    config::{FleetSettings, Share},
+    state::unix_now,
+};
 
 /// Between connection attempts.
 const RETRY: Duration = Duration::from_secs(1);
@@ -39,7 +43,10 @@ pub(super) struct Conn {
 
 impl Conn {
     fn bucket(&self, what: Share) -> Option<&kv::Store> {
-        self.buckets.iter().find(|(s, _)| *s == what).map(|(_, b)| b)
+        self.buckets
+            .iter()
+            .find(|(s, _)| *s == what)
+            .map(|(_, b)| b)
     }
 }
 
@@ -63,7 +70,7 @@ pub(super) async fn run(fleet: Fleet, apply: Arc<dyn Apply>, stop: CancellationT
                 failures += 1;
                 // The first failure and then one a minute: the log must not fill while a
                 // server is down for hours.
-                if failures == 1 || failures % 60 == 0 {
+                if failures == 1 || failures.is_multiple_of(60) {
                     tracing::warn!(
                         "fleet: cannot use the servers {}: {e}; protecting with local state, retrying every second",
                         fleet.inner.settings.servers.join(", ")
@@ -90,7 +97,9 @@ pub(super) async fn run(fleet: Fleet, apply: Arc<dyn Apply>, stop: CancellationT
                 if stop.is_cancelled() {
                     break;
                 }
-                tracing::warn!("fleet: lost the servers ({why}); protecting with local state, reconnecting");
+                tracing::warn!(
+                    "fleet: lost the servers ({why}); protecting with local state, reconnecting"
+                );
                 fleet.set_connected(false, Some(why));
             }
         }
@@ -205,7 +214,11 @@ async fn session(
             Err(e) => return format!("watching the {} bucket: {e}", what.name()),
         }
     }
-    match conn.pool.watch_with_history(format!("{}.>", settings.pool)).await {
+    match conn
+        .pool
+        .watch_with_history(format!("{}.>", settings.pool))
+        .await
+    {
         Ok(w) => streams.push(w.map(|e| (None, e.map_err(|e| e.to_string()))).boxed()),
         Err(e) => return format!("watching the pool bucket: {e}"),
     }
@@ -281,7 +294,11 @@ async fn flush(fleet: &Fleet, conn: &Conn) -> Result<(), String> {
             Out::Put(what, key, value) => (
                 *what,
                 match conn.bucket(*what) {
-                    Some(b) => b.put(key, value.clone()).await.map(|_| ()).map_err(|e| e.to_string()),
+                    Some(b) => b
+                        .put(key, value.clone())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
                     None => Ok(()),
                 },
             ),
@@ -317,7 +334,10 @@ async fn on_entry(
             origins.remove(&(what, key.clone()));
             fleet.count_origins(origins);
             let Some(cidr) = cidr_of_key(&key) else {
-                tracing::warn!("fleet: skipped a delete of key {key:?} in the {} bucket: not a source", what.name());
+                tracing::warn!(
+                    "fleet: skipped a delete of key {key:?} in the {} bucket: not a source",
+                    what.name()
+                );
                 return;
             };
             let apply = Arc::clone(apply);
@@ -338,7 +358,10 @@ async fn on_entry(
                     s.malformed += 1;
                     s.skipped += 1;
                     drop(s);
-                    tracing::warn!("fleet: skipped a malformed entry in the {} bucket: {err}", what.name());
+                    tracing::warn!(
+                        "fleet: skipped a malformed entry in the {} bucket: {err}",
+                        what.name()
+                    );
                     return;
                 }
             };
@@ -374,11 +397,21 @@ async fn on_entry(
                 }
                 Ok(Ok(Applied::Skipped(why))) => {
                     fleet.status_mut().skipped += 1;
-                    tracing::info!("fleet: skipped {} {} from {}: {why}", what.name(), e.source, e.origin);
+                    tracing::info!(
+                        "fleet: skipped {} {} from {}: {why}",
+                        what.name(),
+                        e.source,
+                        e.origin
+                    );
                 }
                 Ok(Err(err)) => {
                     fleet.status_mut().skipped += 1;
-                    tracing::warn!("fleet: applying {} {} from {}: {err}", what.name(), e.source, e.origin);
+                    tracing::warn!(
+                        "fleet: applying {} {} from {}: {err}",
+                        what.name(),
+                        e.source,
+                        e.origin
+                    );
                 }
                 Err(err) => tracing::error!("fleet: applying {}: {err}", e.source),
             }
@@ -415,7 +448,10 @@ fn on_pool_entry(fleet: &Fleet, entry: kv::Entry, members: &mut BTreeMap<String,
                 members.insert(host.to_string(), m);
             }
             Ok(_) | Err(_) => {
-                tracing::warn!("fleet: skipped a malformed member entry {:?} in pool {pool}", entry.key);
+                tracing::warn!(
+                    "fleet: skipped a malformed member entry {:?} in pool {pool}",
+                    entry.key
+                );
                 return;
             }
         }
@@ -443,7 +479,11 @@ async fn heartbeat(fleet: &Fleet, conn: &Conn, state: &str, out: bool) -> Result
     let s = &fleet.inner.settings;
     let me = MemberState {
         host: s.host.clone(),
-        state: if state.is_empty() { "starting".into() } else { state.to_string() },
+        state: if state.is_empty() {
+            "starting".into()
+        } else {
+            state.to_string()
+        },
         at: unix_now(),
     };
     conn.pool
@@ -476,13 +516,23 @@ async fn read_slots(conn: &Conn, key: &str) -> Result<(Slots, u64), String> {
 async fn write_slots(conn: &Conn, key: &str, slots: &Slots, revision: u64) -> Result<bool, String> {
     let value: bytes::Bytes = serde_json::to_vec(slots).expect("serialises").into();
     let result = if revision == 0 {
-        conn.pool.create(key, value).await.map(|_| ()).map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, e.to_string()))
+        conn.pool.create(key, value).await.map(|_| ()).map_err(|e| {
+            (
+                e.kind() == kv::CreateErrorKind::AlreadyExists,
+                e.to_string(),
+            )
+        })
     } else {
         conn.pool
             .update(key, value, revision)
             .await
             .map(|_| ())
-            .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, e.to_string()))
+            .map_err(|e| {
+                (
+                    e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                    e.to_string(),
+                )
+            })
     };
     match result {
         Ok(()) => Ok(true),
@@ -525,7 +575,11 @@ pub(super) async fn take_slot(fleet: &Fleet, conn: &Conn, until: u64) -> Result<
                     s.max_drained,
                     out.len(),
                     if out.len() == 1 { "is" } else { "are" },
-                    if out.is_empty() { "(none)".to_string() } else { out.join(", ") }
+                    if out.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        out.join(", ")
+                    }
                 ));
             }
             Decision::Take(new) => {

@@ -146,7 +146,11 @@ impl Fleet {
     }
 
     /// Starts the link task on the current runtime; it stops with `stop`.
-    pub fn spawn(&self, apply: Arc<dyn Apply>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(
+        &self,
+        apply: Arc<dyn Apply>,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(link::run(self.clone(), apply, stop))
     }
 

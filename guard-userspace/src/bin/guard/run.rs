@@ -232,7 +232,11 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
                     f.host,
                     f.pool,
                     f.servers.join(", "),
-                    f.share.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
+                    f.share
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     f.max_drained * 100.0
                 ),
                 None => println!("  fleet        off (this host stands alone)"),
