@@ -6,6 +6,7 @@ mod control;
 mod cost;
 mod cpu;
 mod daemon;
+mod fleet;
 mod flood;
 mod floor;
 mod netns;
@@ -27,6 +28,8 @@ enum Part {
     Cost,
     Flood,
     Control,
+    /// Ban propagation across a fleet (not in the default sections: run with `--only fleet`).
+    Fleet,
 }
 
 #[derive(Parser)]
@@ -120,6 +123,9 @@ fn run(args: Args) -> Result<bool> {
     }
     if args.only.contains(&Part::Control) && signal::check().is_ok() {
         sections.push(control::run(args.guard_bin.as_deref()));
+    }
+    if args.only.contains(&Part::Fleet) && signal::check().is_ok() {
+        sections.push(fleet::run(args.guard_bin.as_deref()));
     }
     let ok = sections.iter().all(|s| s.failure.is_none());
     for s in &sections {

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod duration;
 pub mod escalate;
+pub mod fleet;
 pub mod health;
 pub mod rpc;
 pub mod serve;

@@ -25,7 +25,8 @@ const BPF_LINKER_DEBS: &[&str] = &[
 ];
 /// Debian packages the tests need at run time (`ip`, `bpftool`, ...): extend here. HAProxy
 /// (2.6 on Debian 12) is the real load balancer of the health tests; `prometheus` brings
-/// `promtool`, which checks the live daemon's /metrics.
+/// `promtool`, which checks the live daemon's /metrics; `nats-server` (2.9, run with -js) is
+/// the fleet tests' JetStream KV.
 pub const TEST_DEBS: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -33,6 +34,7 @@ pub const TEST_DEBS: &[&str] = &[
     "util-linux",
     "haproxy",
     "prometheus",
+    "nats-server",
 ];
 
 /// Everything `cargo +nightly build -p guard-ebpf` needs: rust-src, bpf-linker, matching LLVMs.

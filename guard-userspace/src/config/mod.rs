@@ -1,6 +1,7 @@
 //! The daemon's configuration: a TOML file (or the embedded default) parsed raw, then validated
 //! into [`Settings`], with `guard run` flags applied on top; errors name line, field and range.
 mod controls;
+mod fleet;
 mod overrides;
 mod routes;
 mod schema;
@@ -25,6 +26,7 @@ use crate::{
 };
 
 pub use controls::{MAX_ESCALATIONS, MAX_WATCHDOGS};
+pub use fleet::{FleetSettings, Share, check_name};
 pub use overrides::{Overrides, mode_name, parse_mode};
 pub use routes::default_route_interfaces;
 #[cfg(test)]
@@ -162,6 +164,9 @@ pub struct Settings {
     pub watchdogs: Vec<crate::watchdog::WatchdogSettings>,
     /// `[[escalate.haproxy]]`: HAProxy's stick tables polled, persistent offenders banned.
     pub escalate: Vec<crate::escalate::HaproxySettings>,
+    /// `[fleet]`: shared bans, deny entries and drain state; `None`: this host stands alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetSettings>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

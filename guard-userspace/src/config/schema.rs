@@ -15,6 +15,7 @@ pub(super) struct RawConfig {
     pub(super) health: RawHealth,
     pub(super) watchdog: Option<Vec<Spanned<RawWatchdog>>>,
     pub(super) escalate: RawEscalate,
+    pub(super) fleet: Option<Spanned<super::fleet::RawFleet>>,
 }
 
 /// `[[watchdog]]`: a service restarted when it breaks its limits (see [`crate::watchdog`]).

@@ -59,6 +59,7 @@ impl Settings {
             },
             watchdogs: Vec::new(),
             escalate: Vec::new(),
+            fleet: None,
         }
     }
 
@@ -109,6 +110,7 @@ impl Settings {
             health,
             watchdog,
             escalate,
+            fleet,
         } = raw;
         let mut out = Self::builtin();
         out.source = source.clone();
@@ -206,6 +208,7 @@ impl Settings {
         out.watchdogs = v.watchdogs(watchdog.unwrap_or_default(), &out.health.settings.checks)?;
         let RawEscalate { haproxy } = escalate;
         out.escalate = v.escalate(haproxy.unwrap_or_default())?;
+        out.fleet = fleet.map(|f| v.fleet(f)).transpose()?;
         Ok(out)
     }
 
@@ -375,6 +378,7 @@ impl Settings {
             // are checked before the reload is taken.
             watchdogs: _,
             escalate: _,
+            fleet,
         } = self;
         let mut out = Vec::new();
         if *interfaces != new.datapath.interfaces {
@@ -397,6 +401,9 @@ impl Settings {
         }
         if *ipv6_prefix != new.limits.ipv6_prefix {
             out.push("limits.ipv6_prefix");
+        }
+        if *fleet != new.fleet {
+            out.push("fleet");
         }
         out
     }

@@ -631,3 +631,101 @@ fn the_default_config_documents_every_watchdog_and_escalation_key() {
     assert_eq!(s.watchdogs.len(), 1);
     assert_eq!(s.escalate.len(), 1);
 }
+
+#[test]
+fn no_fleet_table_means_no_fleet_and_one_is_read_with_defaults() {
+    assert_eq!(parse("").unwrap().fleet, None);
+    let f = parse("[fleet]\nservers = [\"nats://198.18.0.1:4222\"]\nhost = \"web-1\"\n")
+        .unwrap()
+        .fleet
+        .unwrap();
+    assert_eq!(f.servers, ["nats://198.18.0.1:4222"]);
+    assert_eq!(f.bucket, "guard");
+    assert_eq!(f.host, "web-1");
+    assert_eq!(f.share, [Share::Bans, Share::Deny]);
+    assert_eq!(f.pool, "default");
+    assert!((f.max_drained - 0.3).abs() < 1e-9);
+    let f = parse(
+        "[fleet]\nservers = [\"tls://n1:4222\", \"n2:4222\"]\nhost = \"a\"\nshare = [\"allow\", \"bans\"]\n\
+         pool = \"web\"\nmax_drained = 0.34\ncreds = \"/etc/guard/f.creds\"\ntls_ca = \"/etc/ca.pem\"\n",
+    )
+    .unwrap()
+    .fleet
+    .unwrap();
+    assert_eq!(f.share, [Share::Bans, Share::Allow]);
+    assert_eq!(f.creds, Some(PathBuf::from("/etc/guard/f.creds")));
+    assert_eq!(f.tls_ca, Some(PathBuf::from("/etc/ca.pem")));
+    // The hostname is the default host.
+    let f = parse("[fleet]\nservers = [\"n1:4222\"]\n")
+        .unwrap()
+        .fleet
+        .unwrap();
+    assert!(!f.host.is_empty() && !f.host.contains('.'), "{}", f.host);
+}
+
+#[test]
+fn bad_fleet_values_name_line_field_value_and_what_is_accepted() {
+    for (text, field, accepted) in [
+        (
+            "[fleet]\nhost = \"a\"\n",
+            "fleet.servers",
+            "one or more NATS server URLs",
+        ),
+        (
+            "[fleet]\nservers = []\nhost = \"a\"\n",
+            "fleet.servers",
+            "one or more",
+        ),
+        (
+            "[fleet]\nservers = [\"http://n1\"]\nhost = \"a\"\n",
+            "fleet.servers = \"http://n1\"",
+            "nats:// or tls://",
+        ),
+        (
+            "[fleet]\nservers = [\"n1:4222\"]\nhost = \"a.b\"\n",
+            "fleet.host = \"a.b\"",
+            "letters, digits",
+        ),
+        (
+            "[fleet]\nservers = [\"n1:4222\"]\nhost = \"a\"\nshare = [\"bans\", \"routes\"]\n",
+            "fleet.share = \"routes\"",
+            "\"bans\", \"deny\" and \"allow\"",
+        ),
+        (
+            "[fleet]\nservers = [\"n1:4222\"]\nhost = \"a\"\nmax_drained = 1.5\n",
+            "fleet.max_drained = 1.5",
+            "from 0 to 1",
+        ),
+        (
+            "[fleet]\nservers = [\"n1:4222\"]\nhost = \"a\"\nbucket = \"my bucket\"\n",
+            "fleet.bucket",
+            "letters, digits",
+        ),
+        (
+            "[fleet]\nservers = [\"n1:4222\"]\nhost = \"a\"\ncreds = \"relative.creds\"\n",
+            "fleet.creds",
+            "",
+        ),
+        (
+            "[fleet]\nservers = [\"n1:4222\"]\nhost = \"a\"\ntls_cert = \"/etc/c.pem\"\n",
+            "fleet.tls_key",
+            "together",
+        ),
+        (
+            "[fleet]\nservers = [\"n1:4222\"]\nhost = \"a\"\nwho = 1\n",
+            "unknown field `who`",
+            "",
+        ),
+    ] {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.contains(field) && e.contains(accepted), "{text:?}: {e}");
+        assert!(e.contains("line "), "{text:?}: {e}");
+    }
+}
+
+#[test]
+fn a_changed_fleet_needs_a_restart() {
+    let old = parse("[fleet]\nservers = [\"n1:4222\"]\nhost = \"a\"\n").unwrap();
+    let new = parse("[fleet]\nservers = [\"n2:4222\"]\nhost = \"a\"\n").unwrap();
+    assert_eq!(old.restart_needed_for(&new), ["fleet"]);
+}

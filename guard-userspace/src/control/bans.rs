@@ -32,7 +32,12 @@ impl<D: Datapath> Control<D> {
     ) -> BanInfo {
         BanInfo {
             source: key_cidr(key, &self.settings.limits),
-            reason: reason_name(ban.reason),
+            reason: match self.fleet_origins.get(key) {
+                Some((origin, expires_ns)) if *expires_ns == ban.expires_ns => {
+                    format!("fleet:{origin}")
+                }
+                _ => reason_name(ban.reason),
+            },
             since: self.mono_to_wall(ban.since_ns, now_unix, now_ns),
             expires: self.mono_to_wall(ban.expires_ns, now_unix, now_ns),
         }

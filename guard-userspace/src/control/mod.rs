@@ -31,6 +31,7 @@ use persist::Unsaved;
 
 pub mod attack;
 mod bans;
+mod fleet;
 mod links;
 mod lists;
 mod operator;
@@ -263,6 +264,9 @@ pub struct Control<D: Datapath> {
     /// Stored records that looked expired at restore: kept in the store, not in the maps,
     /// until the clock is trusted (see `restore.rs`).
     parked: restore::Parked,
+    /// Bans applied from the fleet: the origin host and the ban's expiry (a later local ban of
+    /// the same source, with another expiry, is this host's own again).
+    fleet_origins: HashMap<SourceKey, (String, u64)>,
 }
 
 impl<D: Datapath> Control<D> {
@@ -293,6 +297,7 @@ impl<D: Datapath> Control<D> {
             store_problem: None,
             damaged_aside: None,
             parked: restore::Parked::default(),
+            fleet_origins: HashMap::new(),
         }
     }
 

@@ -203,6 +203,9 @@ pub struct StatusReport {
     /// SYN cookies at the NIC: whether they can be sent, and the kernel's switch.
     #[serde(default)]
     pub syn_cookies: CookieStatus,
+    /// The fleet, if this host is in one (filled in by the daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::FleetStatus>,
 }
 
 /// `guard status`: SYN cookies at the NIC.

@@ -240,6 +240,7 @@ impl<D: Datapath> Control<D> {
                 ),
             },
             warnings: Vec::new(),
+            fleet: None,
         }
     }
 }

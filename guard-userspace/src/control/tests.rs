@@ -838,3 +838,78 @@ fn an_l7_ban_is_listed_with_its_reason_never_over_an_allow_listed_source() {
     again.restore(Some(saved)).unwrap();
     assert_eq!(again.bans().unwrap()[0].reason, "l7:haproxy");
 }
+
+#[test]
+fn fleet_ban_is_applied_with_its_origin_and_absolute_expiry_never_over_the_allow_list() {
+    let f = fixture();
+    let mut c = f.control();
+    let until = T0_UNIX + 120;
+    assert_eq!(
+        c.fleet_ban(cidr("198.18.0.7/32"), until, "web-1").unwrap(),
+        crate::fleet::Applied::Done
+    );
+    let bans = c.bans().unwrap();
+    assert_eq!(bans.len(), 1);
+    assert_eq!(bans[0].reason, "fleet:web-1");
+    assert_eq!(bans[0].expires, until);
+    // The allow list wins: an entry for an allow-listed source is skipped.
+    c.list_add(List::Allow, cidr("198.18.1.0/24"), None, None)
+        .unwrap();
+    assert!(matches!(
+        c.fleet_ban(cidr("198.18.1.9/32"), until, "web-1").unwrap(),
+        crate::fleet::Applied::Skipped(_)
+    ));
+    assert!(matches!(
+        c.fleet_list_add(List::Deny, cidr("198.18.1.0/25"), 0, "web-1")
+            .unwrap(),
+        crate::fleet::Applied::Skipped(_)
+    ));
+    assert_eq!(c.bans().unwrap().len(), 1);
+    assert!(c.list_entries(List::Deny).is_empty());
+    // Already expired where it was made: skipped.
+    assert!(matches!(
+        c.fleet_ban(cidr("198.18.0.8/32"), T0_UNIX - 1, "web-1")
+            .unwrap(),
+        crate::fleet::Applied::Skipped(_)
+    ));
+    // Lifted as the fleet lifts it.
+    assert_eq!(
+        c.fleet_unban(cidr("198.18.0.7/32")).unwrap(),
+        crate::fleet::Applied::Done
+    );
+    assert!(c.bans().unwrap().is_empty());
+}
+
+#[test]
+fn fleet_list_entries_never_replace_or_remove_this_hosts_own() {
+    let f = fixture();
+    let mut c = f.control();
+    c.list_add(List::Deny, cidr("198.18.2.0/24"), None, Some("mine".into()))
+        .unwrap();
+    assert!(matches!(
+        c.fleet_list_add(List::Deny, cidr("198.18.2.0/24"), T0_UNIX + 60, "web-2")
+            .unwrap(),
+        crate::fleet::Applied::Skipped(_)
+    ));
+    assert!(matches!(
+        c.fleet_list_del(List::Deny, cidr("198.18.2.0/24")).unwrap(),
+        crate::fleet::Applied::Skipped(_)
+    ));
+    assert_eq!(
+        c.list_entries(List::Deny)[0].reason.as_deref(),
+        Some("mine")
+    );
+    c.fleet_list_add(List::Deny, cidr("198.18.3.0/24"), T0_UNIX + 60, "web-2")
+        .unwrap();
+    let e = c
+        .list_entries(List::Deny)
+        .into_iter()
+        .find(|e| e.cidr == cidr("198.18.3.0/24"))
+        .unwrap();
+    assert_eq!(e.reason.as_deref(), Some("fleet:web-2"));
+    assert_eq!(e.expires, Some(T0_UNIX + 60));
+    assert_eq!(
+        c.fleet_list_del(List::Deny, cidr("198.18.3.0/24")).unwrap(),
+        crate::fleet::Applied::Done
+    );
+}

@@ -86,6 +86,8 @@ struct Entry {
     /// The service's port (the check's), for its connections.
     port: Option<u16>,
     memory: Option<MemorySource>,
+    /// A drain waits for a slot of the pool's drain budget (`[fleet]`): not shown meanwhile.
+    slot_pending: bool,
 }
 
 struct Slot {
@@ -112,6 +114,7 @@ impl Entry {
             check_index: None,
             port: None,
             memory: None,
+            slot_pending: false,
         };
         e.wire(all, pre);
         e
@@ -143,7 +146,14 @@ impl Controls {
     pub(super) fn drains(&self) -> Vec<String> {
         lock(&self.watchdogs)
             .iter()
-            .filter_map(|s| lock(&s.entry).machine.drain_reason())
+            .filter_map(|s| {
+                let e = lock(&s.entry);
+                if e.slot_pending {
+                    None
+                } else {
+                    e.machine.drain_reason()
+                }
+            })
             .collect()
     }
 
@@ -232,6 +242,7 @@ impl<D: Datapath + BanEvents + Send + 'static> Daemon<D> {
                     checks.clone(),
                     stale_after,
                     self.published.subscribe(),
+                    self.fleet.clone(),
                     stop.clone(),
                 ));
                 slots.push(Slot { entry, stop });
@@ -281,8 +292,10 @@ async fn watch_service(
     mut checks: watch::Receiver<Option<(Instant, Vec<CheckResult>)>>,
     stale_after: std::time::Duration,
     published: watch::Receiver<Arc<super::published::Current>>,
+    fleet: Option<crate::fleet::Fleet>,
     stop: CancellationToken,
 ) {
+    let mut refused_logged: Option<Instant> = None;
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Rounds of checks finished since the last restart ended: the first may have started
@@ -348,8 +361,25 @@ async fn watch_service(
         let (action, phase) = {
             let mut e = lock(&entry);
             let a = e.machine.step(now, sample, maint);
+            e.slot_pending = fleet.is_some() && matches!(a, Action::Drain(_));
             (a, e.machine.phase.clone())
         };
+        // In a fleet, a drain takes a slot of the pool's drain budget first, as `guard drain`
+        // does; with none free the host stays in the pool and the service is not restarted.
+        if let (Action::Drain(reason), Some(f)) = (&action, &fleet) {
+            let taken = f.take_slot(0).await;
+            let mut e = lock(&entry);
+            e.slot_pending = false;
+            if let Err(why) = taken {
+                e.machine.drain_refused(unix_now(), &why);
+                drop(e);
+                if refused_logged.is_none_or(|t| t.elapsed() >= REPEAT_LOG) {
+                    tracing::warn!("watchdog {name}: {reason}, but not draining the host: {why}");
+                    refused_logged = Some(Instant::now());
+                }
+                continue;
+            }
+        }
         match action {
             Action::None => {}
             Action::Drain(reason) => match phase {

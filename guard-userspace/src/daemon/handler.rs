@@ -7,6 +7,7 @@ use futures_util::future::BoxFuture;
 use super::{BanEvents, Daemon, OPERATOR_WAIT};
 use crate::{
     dataplane::Datapath,
+    health::OverrideMode,
     rpc::{self, Handler, Reply, Request, error_chain},
     state,
 };
@@ -42,11 +43,36 @@ impl<D: Datapath + BanEvents + Send + 'static> Daemon<D> {
             Request::Reload => self.reload().await.map(Reply::Reloaded),
             Request::Detach => self.detach().await,
             Request::Health => Ok(Reply::Health(Box::new(self.published.report()))),
+            Request::Status => {
+                let mut reply = rpc::dispatch(&self.control, Request::Status).await?;
+                if let Reply::Status(s) = &mut reply {
+                    if let Some(f) = &self.fleet {
+                        s.fleet = Some(f.status());
+                    }
+                    if let Some(w) = &self.bpffs {
+                        s.warnings.push(w.clone());
+                    }
+                }
+                Ok(reply)
+            }
+            Request::FleetStatus => self.fleet_status(),
+            Request::FleetUnban { cidr } => self.fleet_unban(cidr).await,
+            Request::FleetListAdd {
+                list,
+                cidr,
+                ttl_secs,
+                reason,
+            } => self.fleet_list_add(list, cidr, ttl_secs, reason).await,
+            Request::FleetListDel { list, cidr } => self.fleet_list_del(list, cidr).await,
             Request::Operator {
                 mode,
                 for_secs,
                 reason,
+                force,
             } => {
+                if matches!(mode, OverrideMode::Drain | OverrideMode::Maint) {
+                    self.drain_slot(for_secs, force).await?;
+                }
                 let (operator, seq) = rpc::blocking(&self.control, move |c| {
                     c.set_operator(mode, for_secs.map(Duration::from_secs), reason)
                 })
@@ -71,13 +97,6 @@ impl<D: Datapath + BanEvents + Send + 'static> Daemon<D> {
                     operator,
                     report: Box::new(report),
                 })
-            }
-            Request::Status => {
-                let mut reply = rpc::dispatch(&self.control, Request::Status).await?;
-                if let (Reply::Status(s), Some(w)) = (&mut reply, &self.bpffs) {
-                    s.warnings.push(w.clone());
-                }
-                Ok(reply)
             }
             Request::Watchdogs => Ok(Reply::Watchdogs(self.controls.reports())),
             Request::WatchdogRestart { name } => self

@@ -13,6 +13,7 @@
 //! SIGTERM and SIGINT stop the daemon and leave the program attached (fail-static: the pins
 //! keep it and its maps alive, and a restarted daemon adopts them). `guard detach` removes it.
 mod controls;
+mod fleet;
 mod handler;
 mod listeners;
 mod logging;
@@ -196,6 +197,8 @@ struct Daemon<D: Datapath> {
     pin_lock: Option<crate::dataplane::PinDirLock>,
     /// The watchdogs and escalations, and their tasks.
     controls: controls::Controls,
+    /// The fleet this host is in (`[fleet]`), if any.
+    fleet: Option<crate::fleet::Fleet>,
 }
 
 impl<D: Datapath + BanEvents> Daemon<D> {
@@ -225,6 +228,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             bpffs: None,
             pin_lock: None,
             controls: controls::Controls::default(),
+            fleet: None,
         }
     }
 

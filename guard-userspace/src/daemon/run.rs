@@ -134,6 +134,7 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
         );
     }
     let limits = settings.limits;
+    let settings_fleet = settings.fleet.clone();
     let dry_run = settings.datapath.dry_run;
     let mut control = Control::new(datapath, settings, attachments).with_store(store);
     if let Some(aside) = damaged_aside {
@@ -204,6 +205,7 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     daemon.bpffs = bpffs;
     daemon.pin_lock = Some(pin_lock);
     daemon.allow = allow_tx;
+    daemon.fleet = settings_fleet.map(crate::fleet::Fleet::new);
     let daemon = Arc::new(daemon);
     daemon.publish_allow(allow_list(&daemon.lock()));
     let controls = daemon.lock().settings().clone();
@@ -377,9 +379,38 @@ async fn serve(
         stop.clone(),
     ));
     tracing::info!("serving {}", socket.display());
+    if let Some(fleet) = &daemon.fleet {
+        let applier = super::fleet::Applier(Arc::clone(&daemon.control));
+        let link = fleet.spawn(Arc::new(applier), stop.clone());
+        tasks.spawn(async move {
+            let _ = link.await;
+        });
+    }
     if let Some(ring) = ring {
         let (tx, rx) = mpsc::channel(BAN_EVENT_QUEUE);
         *daemon.ban_events.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+        // In a fleet, the events go to the fleet as they come (the tick logs them a second
+        // later): one reader, its events copied to both.
+        let tx = match &daemon.fleet {
+            None => tx,
+            Some(fleet) if fleet.settings().shares(crate::config::Share::Bans) => {
+                let (fleet_tx, fleet_rx) = mpsc::channel(BAN_EVENT_QUEUE);
+                let (tee_tx, mut tee_rx) = mpsc::channel::<bytes::Bytes>(BAN_EVENT_QUEUE);
+                tasks.spawn(super::fleet::publish_bans(
+                    Arc::clone(&daemon.control),
+                    fleet.clone(),
+                    fleet_rx,
+                ));
+                tasks.spawn(async move {
+                    while let Some(item) = tee_rx.recv().await {
+                        let _ = fleet_tx.try_send(item.clone());
+                        let _ = tx.try_send(item);
+                    }
+                });
+                tee_tx
+            }
+            Some(_) => tx,
+        };
         let stop = stop.clone();
         tasks.spawn(async move {
             if let Err(e) = events::read_bans(ring, tx, stop).await {

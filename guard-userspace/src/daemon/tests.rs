@@ -114,6 +114,7 @@ fn drain(secs: Option<u64>, reason: &str) -> Request {
         mode: OverrideMode::Drain,
         for_secs: secs,
         reason: Some(reason.into()),
+        force: false,
     }
 }
 
@@ -137,6 +138,7 @@ fn drain_answers_with_a_report_that_shows_it_and_ready_clears_it() {
         mode: OverrideMode::Ready,
         for_secs: None,
         reason: None,
+        force: false,
     };
     let Reply::Operator { operator, report } = f.handle_ticking(&d, ready).unwrap() else {
         panic!("wrong reply")

@@ -12,8 +12,8 @@ use crate::{
     control::Control,
     dataplane::{Attachment, Datapath, events, link::LinkState},
     health::{
-        CheckRunner, DropRate, Evaluator, Inputs, InterfaceInput, MapFill, ProcSource, StatusKind,
-        SystemSample, dropped_packets,
+        CheckRunner, DropRate, Evaluator, Inputs, InterfaceInput, MapFill, OverrideMode,
+        ProcSource, StatusKind, SystemSample, dropped_packets,
     },
     rpc::error_chain,
     serve::metrics::{self, Snapshot},
@@ -284,12 +284,21 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             interfaces,
             maps: maps.clone(),
             checks,
-            operator,
+            operator: operator.clone(),
             drop_rate_pps,
             services: services.clone(),
             store,
             watchdog: self.controls.drains(),
+            fleet: self.fleet.as_ref().and_then(|f| f.warning()),
         });
+        if let Some(f) = &self.fleet {
+            // Out of the pool, holding its drain slot: the operator's drain or maintenance,
+            // or a watchdog's drain (which took the slot before draining).
+            let out = operator.as_ref().is_some_and(|o| {
+                o.is_active(now_unix) && matches!(o.mode, OverrideMode::Drain | OverrideMode::Maint)
+            }) || !self.controls.drains().is_empty();
+            f.set_local(report.status.kind().name(), out);
+        }
         let kind = report.status.kind();
         if health.last_status != Some(kind) {
             if health.last_status.is_some() || kind != StatusKind::Starting {
@@ -301,7 +310,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             tracing::warn!("reading the counters for metrics: {e}");
         }
         let slots = counters.as_deref().unwrap_or_default();
-        let text = metrics::render(&Snapshot {
+        let mut text = metrics::render(&Snapshot {
             up: counters.is_ok(),
             interfaces: &metrics::interface_counters(slots, &attachments),
             bans_active: bans_active as u64,
@@ -311,6 +320,9 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             known_sources: known_sources as u64,
             prefix_bans: prefix_bans as u64,
         });
+        if let Some(f) = &self.fleet {
+            text.push_str(&metrics::render_fleet(&f.status()));
+        }
         self.published.publish(report, text, seq);
     }
 }

@@ -132,6 +132,19 @@ impl Evaluator {
                 Some(held) => (status_of(held), self.held_reason(held, &assessment)),
             },
         };
+        // A lost fleet is a fact, not a noisy sample: warn at once (at full weight: the local
+        // protection is intact), past the hysteresis, and never worse than warn.
+        let status = match (&inputs.fleet, status) {
+            (Some(problem), Status::Pass) => {
+                reason = problem.clone();
+                Status::Warn { weight: 100 }
+            }
+            (Some(problem), s) if s != Status::Starting => {
+                reason.push_str(&format!("; {problem}"));
+                s
+            }
+            (_, s) => s,
+        };
         if inputs.drop_rate_pps > 0.0 {
             reason.push_str(&format!(
                 "; guard is dropping {} packets/s",
@@ -476,6 +489,19 @@ impl Evaluator {
                     OverrideMode::Maint => CheckStatus::Fail,
                 },
                 output: Some(o.describe()),
+            });
+        }
+
+        if let Some(problem) = &inputs.fleet {
+            obs.push(Observation {
+                component: "fleet".to_string(),
+                measurement: "connected".to_string(),
+                component_id: None,
+                observed: Some(Observed::Bool(false)),
+                unit: None,
+                threshold: Some("connected".to_string()),
+                status: CheckStatus::Warn,
+                output: Some(problem.clone()),
             });
         }
 

@@ -229,6 +229,9 @@ pub struct Inputs {
     /// restart a service: drain at once, over a computed fail (the host is out either way, and
     /// the watchdog's reason says why and what comes next); only the operator's maint is above.
     pub watchdog: Vec<String>,
+    /// The fleet's problem, if any (its servers cannot be reached): a warn, never worse, since
+    /// the host's local protection is intact. `None` outside a fleet.
+    pub fleet: Option<String>,
 }
 
 /// A check's own verdict, as in draft-inadarei-api-health-check.

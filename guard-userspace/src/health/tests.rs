@@ -581,3 +581,28 @@ fn drop_rate_is_the_difference_over_elapsed_time() {
         "counter reset"
     );
 }
+
+#[test]
+fn a_lost_fleet_warns_at_once_at_full_weight_and_never_worse() {
+    let mut eval = Evaluator::new(HealthConfig::default());
+    let mut inputs = Inputs {
+        now_unix: 1_700_000_000,
+        checks: Some(Vec::new()),
+        ..Inputs::default()
+    };
+    for _ in 0..2 {
+        eval.evaluate(&inputs);
+    }
+    assert_eq!(eval.evaluate(&inputs).status, Status::Pass);
+    inputs.fleet = Some("fleet servers unreachable (refused)".into());
+    let r = eval.evaluate(&inputs);
+    assert_eq!(r.status, Status::Warn { weight: 100 });
+    assert!(
+        r.reason.contains("fleet servers unreachable"),
+        "{}",
+        r.reason
+    );
+    assert!(r.observations.iter().any(|o| o.component == "fleet"));
+    inputs.fleet = None;
+    assert_eq!(eval.evaluate(&inputs).status, Status::Pass);
+}

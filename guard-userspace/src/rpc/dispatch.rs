@@ -122,8 +122,13 @@ fn dispatch_now<D: Datapath>(control: &mut Control<D>, request: Request) -> Resu
         | Request::Health
         | Request::Operator { .. }
         | Request::Watchdogs
-        | Request::WatchdogRestart { .. } => Err(
-            "this server cannot reload, detach, report health or run watchdogs: it is not the guard daemon"
+        | Request::WatchdogRestart { .. }
+        | Request::FleetStatus
+        | Request::FleetUnban { .. }
+        | Request::FleetListAdd { .. }
+        | Request::FleetListDel { .. } => Err(
+            "this server cannot reload, detach, report health, run watchdogs or speak for the fleet: it is not the guard daemon"
+
                 .to_string(),
         ),
     }

@@ -66,6 +66,29 @@ pub enum Request {
         for_secs: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// Drain (or maintenance) even past the pool's drain budget (`[fleet] max_drained`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+    },
+    /// `guard fleet status`.
+    FleetStatus,
+    /// `guard unban --fleet`: lifted here and everywhere in the fleet.
+    FleetUnban {
+        cidr: Cidr,
+    },
+    /// `guard deny|allow add --fleet`: added here and published to the fleet.
+    FleetListAdd {
+        list: List,
+        cidr: Cidr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_secs: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// `guard deny|allow del --fleet`: removed here and everywhere in the fleet.
+    FleetListDel {
+        list: List,
+        cidr: Cidr,
     },
     /// `guard watchdog status`: every watchdog's samples, limits and history.
     Watchdogs,
@@ -115,4 +138,6 @@ pub enum Reply {
     WatchdogRestart {
         message: String,
     },
+    /// `guard fleet status`.
+    Fleet(Box<crate::fleet::FleetStatus>),
 }

@@ -224,6 +224,81 @@ pub fn render(s: &Snapshot<'_>) -> String {
 }
 
 /// A count as a gauge value.
+/// The fleet's families (`[fleet]`), appended to a scrape: connected, members by state, shared
+/// entries by origin and kind, entries applied, skipped, malformed and published, and the lag.
+pub fn render_fleet(f: &crate::fleet::FleetStatus) -> String {
+    let mut r = Scrape::default();
+    r.gauge(
+        "guard_fleet_connected",
+        "1 while the fleet's NATS servers are reached, else 0 (the guard protects with its local state meanwhile).",
+        vec![(vec![], i64::from(f.connected))],
+    );
+    let mut states: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    for m in &f.members {
+        *states.entry(m.state.as_str()).or_default() += 1;
+    }
+    r.gauge(
+        "guard_fleet_members",
+        "Members of this host's pool, by the health state they last published.",
+        states
+            .into_iter()
+            .map(|(state, n)| (vec![("state", state.to_string())], n))
+            .collect(),
+    );
+    r.gauge(
+        "guard_fleet_drain_slots",
+        "Drain slots held in this host's pool.",
+        vec![(vec![], f.slots.held.len() as i64)],
+    );
+    r.gauge(
+        "guard_fleet_entries",
+        "Shared entries in the fleet's buckets, by origin host and kind (bans, deny, allow).",
+        f.origins
+            .iter()
+            .flat_map(|(origin, kinds)| {
+                kinds.iter().map(move |(kind, n)| {
+                    (
+                        vec![("origin", origin.clone()), ("kind", kind.clone())],
+                        count(*n),
+                    )
+                })
+            })
+            .collect(),
+    );
+    for (name, help, v) in [
+        (
+            "guard_fleet_applied",
+            "Other hosts' entries applied here.",
+            f.applied,
+        ),
+        (
+            "guard_fleet_skipped",
+            "Entries not applied: malformed, allow-listed here, or already expired.",
+            f.skipped,
+        ),
+        (
+            "guard_fleet_malformed",
+            "Malformed entries seen in the fleet's buckets (skipped and logged).",
+            f.malformed,
+        ),
+        (
+            "guard_fleet_published",
+            "This host's entries published to the fleet.",
+            f.published,
+        ),
+    ] {
+        r.counter(name, help, vec![(vec![], v)]);
+    }
+    if let Some(ms) = f.lag_ms {
+        r.ratio(
+            "guard_fleet_lag_seconds",
+            "From the origin's publication to applied here, the latest entry.",
+            vec![(vec![], ms as f64 / 1000.0)],
+        );
+    }
+    r.text()
+}
+
 fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -344,6 +344,17 @@ impl Watchdog {
         }
     }
 
+    /// The pool's drain budget (`[fleet] max_drained`) has no room for the drain `step` just
+    /// asked for: the host stays in the pool and the service is not restarted (a restart
+    /// without a drain would cost users requests); the watchdog starts counting bad samples
+    /// again, so it asks again after `fail_after` more.
+    pub fn drain_refused(&mut self, now: u64, why: &str) {
+        if matches!(self.phase, Phase::Draining { .. } | Phase::Held { .. }) {
+            self.note(now, format!("not drained: {why}"));
+            self.phase = Phase::Watching { bad: 0 };
+        }
+    }
+
     /// How the restart the daemon ran went: on success the watchdog waits for the check; on
     /// failure the host stays drained, with the error as the reason, until an operator acts.
     pub fn restarted(&mut self, now: u64, result: Result<(), String>) {
@@ -623,5 +634,32 @@ mod tests {
         assert_eq!(human_bytes(2 * GIB), "2GiB");
         assert_eq!(human_bytes(2 * GIB + 300 * (1 << 20)), "2.3GiB");
         assert_eq!(human_bytes(512), "512B");
+    }
+
+    #[test]
+    fn a_drain_the_pool_budget_refuses_leaves_the_host_in_and_asks_again_later() {
+        let mut w = app();
+        let mut now = 1_000;
+        let mut action = Action::None;
+        for _ in 0..3 {
+            now += 1;
+            action = w.step(now, leaking(), false);
+        }
+        assert!(matches!(action, Action::Drain(_)), "{action:?}");
+        w.drain_refused(now, "pool \"web\" may have 1 of its 3 hosts out");
+        assert_eq!(w.phase, Phase::Watching { bad: 0 });
+        assert_eq!(w.drain_reason(), None, "the host stays in the pool");
+        assert!(
+            w.history.last().unwrap().1.starts_with("not drained: pool"),
+            "{:?}",
+            w.history
+        );
+        // No restart follows; after fail_after more bad samples it asks again.
+        for i in 0..3 {
+            now += 1;
+            let a = w.step(now, leaking(), false);
+            assert_eq!(matches!(a, Action::Drain(_)), i == 2, "sample {i}: {a:?}");
+            assert_ne!(a, Action::Restart);
+        }
     }
 }

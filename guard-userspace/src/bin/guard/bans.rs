@@ -14,6 +14,9 @@ pub struct UnbanArgs {
     /// inside it).
     #[arg(value_name = "IP|CIDR")]
     target: String,
+    /// Lift it on every host of the fleet too (the shared ban is deleted).
+    #[arg(long)]
+    fleet: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -49,9 +52,17 @@ pub fn bans(client: &ClientArgs) -> anyhow::Result<()> {
 }
 
 pub fn unban(args: &UnbanArgs) -> anyhow::Result<()> {
-    let UnbanArgs { target, client } = args;
+    let UnbanArgs {
+        target,
+        fleet,
+        client,
+    } = args;
     let cidr: Cidr = target.parse()?;
-    let reply = client.call(&Request::Unban { cidr })?;
+    let reply = client.call(&if *fleet {
+        Request::FleetUnban { cidr }
+    } else {
+        Request::Unban { cidr }
+    })?;
     let Reply::Unbanned(lifted) = reply else {
         return Err(unexpected(&reply));
     };

@@ -78,6 +78,9 @@ pub struct OverrideArgs {
     /// Why: shown to the load balancers (the agent line, /readyz) and in `guard health`.
     #[arg(long, value_name = "TEXT")]
     reason: Option<String>,
+    /// In a fleet: go even past the pool's drain budget ([fleet] max_drained).
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -201,6 +204,7 @@ pub fn set(mode: OverrideMode, args: &OverrideArgs) -> anyhow::Result<()> {
     let OverrideArgs {
         lasts,
         reason,
+        force,
         client,
     } = args;
     let for_secs = match lasts {
@@ -216,6 +220,7 @@ pub fn set(mode: OverrideMode, args: &OverrideArgs) -> anyhow::Result<()> {
             mode,
             for_secs,
             reason: reason.clone(),
+            force: *force,
         },
     )
 }
@@ -228,6 +233,7 @@ pub fn ready(client: &ClientArgs) -> anyhow::Result<()> {
             mode: OverrideMode::Ready,
             for_secs: None,
             reason: None,
+            force: false,
         },
     )
 }

@@ -22,6 +22,9 @@ pub enum ListCmd {
         cidr: String,
         #[command(flatten)]
         opts: EntryOpts,
+        /// Also publish it to the fleet ([fleet] share), with its expiry, for every host.
+        #[arg(long)]
+        fleet: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -29,6 +32,9 @@ pub enum ListCmd {
     Del {
         #[arg(value_name = "CIDR")]
         cidr: String,
+        /// Also remove it from the fleet, on every host that applied it.
+        #[arg(long)]
+        fleet: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -82,14 +88,28 @@ fn ttl_text(ttl_secs: Option<u64>) -> String {
 pub fn run(list: List, cmd: ListCmd) -> anyhow::Result<()> {
     let name = list.name();
     match cmd {
-        ListCmd::Add { cidr, opts, client } => {
+        ListCmd::Add {
+            cidr,
+            opts,
+            fleet,
+            client,
+        } => {
             let cidr: Cidr = cidr.parse()?;
             let (ttl_secs, reason) = opts.validate()?;
-            let reply = client.call(&Request::ListAdd {
-                list,
-                cidr,
-                ttl_secs,
-                reason,
+            let reply = client.call(&if fleet {
+                Request::FleetListAdd {
+                    list,
+                    cidr,
+                    ttl_secs,
+                    reason,
+                }
+            } else {
+                Request::ListAdd {
+                    list,
+                    cidr,
+                    ttl_secs,
+                    reason,
+                }
             })?;
             let Reply::Added(out) = reply else {
                 return Err(unexpected(&reply));
@@ -104,9 +124,17 @@ pub fn run(list: List, cmd: ListCmd) -> anyhow::Result<()> {
                 ttl_text(ttl_secs)
             );
         }
-        ListCmd::Del { cidr, client } => {
+        ListCmd::Del {
+            cidr,
+            fleet,
+            client,
+        } => {
             let cidr: Cidr = cidr.parse()?;
-            let reply = client.call(&Request::ListDel { list, cidr })?;
+            let reply = client.call(&if fleet {
+                Request::FleetListDel { list, cidr }
+            } else {
+                Request::ListDel { list, cidr }
+            })?;
             if reply != Reply::Deleted {
                 return Err(unexpected(&reply));
             }

@@ -2,6 +2,7 @@
 //! over the control socket, one module per subcommand group; the clap definitions live here,
 //! the library has none. Errors end as one line.
 mod bans;
+mod fleet;
 mod health;
 mod lists;
 mod run;
@@ -67,6 +68,9 @@ enum Command {
     Watchdog(watchdog::WatchdogCmd),
     /// Print a shell completion script (bash, zsh or fish) on stdout.
     Completions(version::CompletionsArgs),
+    /// The fleet of guards this host is in ([fleet]): servers, pool, shared entries.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCmd),
 }
 
 /// What every client subcommand takes.
@@ -161,6 +165,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Ready(client) => health::ready(&client),
         Command::Watchdog(cmd) => watchdog::run(&cmd),
         Command::Completions(args) => version::completions(&args),
+        Command::Fleet(cmd) => fleet::run(&cmd),
     }
 }
 
@@ -294,6 +299,12 @@ mod tests {
             "guard completions bash",
             "guard completions zsh",
             "guard completions fish",
+            "guard fleet status",
+            "guard fleet status --json",
+            "guard unban 192.0.2.1 --fleet",
+            "guard deny add 192.0.2.0/24 --ttl 1h --fleet",
+            "guard deny del 192.0.2.0/24 --fleet",
+            "guard drain --force",
         ];
         for line in ok {
             let args: Vec<&str> = line.split(' ').collect();

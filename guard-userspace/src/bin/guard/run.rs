@@ -172,6 +172,7 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
                 health,
                 watchdogs,
                 escalate,
+                fleet,
             } = &s;
             let what = match source {
                 ConfigSource::Embedded => "the built-in default config".to_string(),
@@ -243,6 +244,21 @@ pub fn config(cmd: ConfigCmd) -> anyhow::Result<()> {
             println!("  pins         {}", datapath.pin_dir.display());
             println!("  socket       {}", control.socket.display());
             println!("  state        {}", state.dir.display());
+            match fleet {
+                Some(f) => println!(
+                    "  fleet        host {} of pool {} via {}, sharing {}, at most {}% drained",
+                    f.host,
+                    f.pool,
+                    f.servers.join(", "),
+                    f.share
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    f.max_drained * 100.0
+                ),
+                None => println!("  fleet        off (this host stands alone)"),
+            }
             let listener = |a: &Option<std::net::SocketAddr>| {
                 a.map_or_else(|| "off".to_string(), |a| a.to_string())
             };

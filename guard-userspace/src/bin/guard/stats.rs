@@ -368,6 +368,9 @@ pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
         None => println!("syn cookies available at the NIC (XDP + TC ingress); {sysctl}"),
         Some(why) => println!("syn cookies unavailable at the NIC: {why}; {sysctl}"),
     }
+    if let Some(f) = &s.fleet {
+        println!("{}", super::fleet::summary(f));
+    }
     let mut t = Table::new(&["INTERFACE", "IFINDEX", "XDP MODE", "ADOPTED", "RE-ATTACHED"]);
     for a in &s.attachments {
         t.row(vec![

@@ -181,3 +181,39 @@ fn sample_passes_promtool_check_metrics() {
     assert!(out.status.success(), "promtool failed:\n{problems}\n{text}");
     assert_eq!(problems.trim(), "", "promtool reported problems:\n{text}");
 }
+
+#[test]
+fn fleet_families_count_members_entries_and_name_counters_with_total() {
+    use crate::fleet::{FleetStatus, MemberState};
+    let mut f = FleetStatus {
+        connected: true,
+        applied: 7,
+        malformed: 1,
+        lag_ms: Some(42),
+        ..FleetStatus::default()
+    };
+    for (host, state) in [("a", "pass"), ("b", "drain"), ("c", "pass")] {
+        f.members.push(MemberState {
+            host: host.into(),
+            state: state.into(),
+            at: 0,
+        });
+    }
+    f.origins
+        .entry("a".into())
+        .or_default()
+        .insert("bans".into(), 3);
+    let text = super::render_fleet(&f);
+    for line in [
+        "guard_fleet_connected 1",
+        "guard_fleet_members{state=\"pass\"} 2",
+        "guard_fleet_members{state=\"drain\"} 1",
+        "guard_fleet_entries{origin=\"a\",kind=\"bans\"} 3",
+        "guard_fleet_applied_total 7",
+        "guard_fleet_malformed_total 1",
+        "# TYPE guard_fleet_applied_total counter",
+        "guard_fleet_lag_seconds 0.042",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+    }
+}
