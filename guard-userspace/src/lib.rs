@@ -26,7 +26,8 @@ pub use control::attack;
 /// tests use them).
 pub mod ebpf {
     pub use crate::dataplane::{
-        AttachMode, Attachment, BPFFS, CpuRun, KernelDatapath, LoadError, Loaded, StartOptions,
+        AttachMode, Attachment, BPFFS, ChainSlot, CpuRun, KernelDatapath, LoadError, Loaded,
+        StartOptions, chain,
         detach, ensure_bpffs, link_pin_name, link_pins, load, parse_link_pin_name, start,
         versioned_dir,
     };
