@@ -27,9 +27,8 @@ pub use control::attack;
 pub mod ebpf {
     pub use crate::dataplane::{
         AttachMode, Attachment, BPFFS, ChainSlot, CpuRun, KernelDatapath, LoadError, Loaded,
-        StartOptions, chain,
-        detach, ensure_bpffs, link_pin_name, link_pins, load, parse_link_pin_name, start,
-        versioned_dir,
+        StartOptions, chain, detach, ensure_bpffs, link_pin_name, link_pins, load,
+        parse_link_pin_name, start, versioned_dir,
     };
 }
 

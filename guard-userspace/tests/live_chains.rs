@@ -16,12 +16,14 @@ use aya::{
 };
 use guard::{
     cidr::Cidr,
-    dataplane::link,
     datapath::{Datapath, List},
+    dataplane::link,
     ebpf::{self, AttachMode, ChainSlot, Loaded, StartOptions},
 };
 use guard_common::{ListEntry, reason};
-use support::netns::{Testbed, big_rcvbuf, blast, drain_counts, in_netns, live_or_skip, udp_in, warm_up};
+use support::netns::{
+    Testbed, big_rcvbuf, blast, drain_counts, in_netns, live_or_skip, udp_in, warm_up,
+};
 
 const SRV_ATK: &str = "198.18.1.1";
 const ATK: &str = "198.18.1.2";
@@ -126,7 +128,8 @@ impl Root {
     }
 
     fn sum(&self, map: &str) -> u64 {
-        let m: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.as_ref().unwrap().map(map).unwrap()).unwrap();
+        let m: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.as_ref().unwrap().map(map).unwrap()).unwrap();
         m.get(&0, 0).unwrap().iter().sum()
     }
 
@@ -152,8 +155,12 @@ impl Drop for Root {
     }
 }
 
-
-fn start_in(b: &Bed, interfaces: Vec<String>, chain: Option<ChainSlot>, next: Option<PathBuf>) -> Result<Loaded, String> {
+fn start_in(
+    b: &Bed,
+    interfaces: Vec<String>,
+    chain: Option<ChainSlot>,
+    next: Option<PathBuf>,
+) -> Result<Loaded, String> {
     let opts = StartOptions {
         interfaces,
         mode: AttachMode::Generic,
@@ -161,7 +168,9 @@ fn start_in(b: &Bed, interfaces: Vec<String>, chain: Option<ChainSlot>, next: Op
         chain,
         next,
     };
-    in_netns(&b.srv, move || ebpf::start(&opts).map_err(|e| format!("{e:#}")))
+    in_netns(&b.srv, move || {
+        ebpf::start(&opts).map_err(|e| format!("{e:#}"))
+    })
 }
 
 /// Sends `n` datagrams from each client; returns how many arrived from (attacker, legit).
@@ -184,8 +193,12 @@ fn exchange(b: &Bed, n: u32) -> (u32, u32) {
 }
 
 fn deny(d: &mut impl Datapath, cidr: &str) {
-    d.list_insert(List::Deny, &cidr.parse::<Cidr>().unwrap(), ListEntry::default())
-        .unwrap();
+    d.list_insert(
+        List::Deny,
+        &cidr.parse::<Cidr>().unwrap(),
+        ListEntry::default(),
+    )
+    .unwrap();
 }
 
 fn denied(d: &impl Datapath) -> u64 {
@@ -197,7 +210,8 @@ fn denied(d: &impl Datapath) -> u64 {
 }
 
 #[test]
-fn in_a_root_programs_slot_the_guard_filters_passes_on_to_next_survives_restart_and_detaches_cleanly() {
+fn in_a_root_programs_slot_the_guard_filters_passes_on_to_next_survives_restart_and_detaches_cleanly()
+ {
     if !live_or_skip("live chain") {
         return;
     }
@@ -223,19 +237,30 @@ fn in_a_root_programs_slot_the_guard_filters_passes_on_to_next_survives_restart_
     let seen = root.next_seen();
     assert_eq!(exchange(&b, 200), (200, 200));
     assert_eq!(root.falls(), falls, "the root found its slot empty");
-    assert!(root.next_seen() >= seen + 400, "next saw {} more", root.next_seen() - seen);
+    assert!(
+        root.next_seen() >= seen + 400,
+        "next saw {} more",
+        root.next_seen() - seen
+    );
 
     // A denied source is dropped in the slot; next sees only what the guard passes.
     deny(&mut loaded.datapath, "198.18.1.2");
     let seen = root.next_seen();
     assert_eq!(exchange(&b, 300), (0, 300));
     let more = root.next_seen() - seen;
-    assert!((300..400).contains(&more), "next saw {more} more, expected the 300 passed (and a few ARP)");
+    assert!(
+        (300..400).contains(&more),
+        "next saw {more} more, expected the 300 passed (and a few ARP)"
+    );
     assert!(denied(&loaded.datapath) >= 300);
 
     // The daemon goes away: the slot keeps the guard. A new start swaps its program in.
     drop(loaded);
-    assert_eq!(exchange(&b, 200), (0, 200), "protection survives the loader");
+    assert_eq!(
+        exchange(&b, 200),
+        (0, 200),
+        "protection survives the loader"
+    );
     let second = start_in(&b, Vec::new(), Some(root.slot()), Some(root.next_pin())).unwrap();
     assert!(second.attachments[0].adopted, "{:?}", second.attachments);
     assert!(link::check(&b.tb.pin_dir, &label).attached);
@@ -261,7 +286,10 @@ fn in_a_root_programs_slot_the_guard_filters_passes_on_to_next_survives_restart_
     assert_eq!(exchange(&b, 200), (200, 200), "detached: everything flows");
     assert!(root.falls() >= falls + 400, "the root passes them itself");
     assert!(!b.tb.pin_dir.exists(), "the guard's pins removed");
-    assert!(root.slot().prog_array.exists(), "the root's array is not ours to remove");
+    assert!(
+        root.slot().prog_array.exists(),
+        "the root's array is not ours to remove"
+    );
 }
 
 #[test]
@@ -277,7 +305,10 @@ fn as_the_root_the_guard_tail_calls_next_for_what_it_passes_only() {
     let seen = root.next_seen();
     assert_eq!(exchange(&b, 300), (0, 300));
     let more = root.next_seen() - seen;
-    assert!((300..400).contains(&more), "next saw {more} more, expected the 300 passed");
+    assert!(
+        (300..400).contains(&more),
+        "next saw {more} more, expected the 300 passed"
+    );
     // Without `next` on the next start, the pinned array is emptied: next sees nothing.
     drop(loaded);
     let _loaded = start_in(&b, b.ifaces.clone(), None, None).unwrap();
@@ -294,10 +325,14 @@ fn an_interface_that_runs_a_foreign_xdp_program_is_refused_not_replaced() {
     let b = bed();
     let mut root = Root::load(&b.tb.tag);
     root.attach(&b.srv, &b.ifaces[0]);
-    let err = start_in(&b, b.ifaces.clone(), None, None).err().expect("refused");
+    let err = start_in(&b, b.ifaces.clone(), None, None)
+        .err()
+        .expect("refused");
     assert!(
-        err.contains(&format!("{} already runs an XDP program: \"{ROOT_PROGRAM}\"", b.ifaces[0]))
-            && err.contains("[datapath] chain"),
+        err.contains(&format!(
+            "{} already runs an XDP program: \"{ROOT_PROGRAM}\"",
+            b.ifaces[0]
+        )) && err.contains("[datapath] chain"),
         "{err}"
     );
     // The foreign program still runs and sees the packets.
@@ -305,5 +340,10 @@ fn an_interface_that_runs_a_foreign_xdp_program_is_refused_not_replaced() {
     assert_eq!(exchange(&b, 100), (100, 100));
     assert!(root.falls() >= falls + 100);
     let links = ebpf::versioned_dir(&b.tb.pin_dir).join("links");
-    assert!(ebpf::link_pins(&links).iter().all(|(i, _, _)| *i != b.ifaces[0]), "no link pinned for it");
+    assert!(
+        ebpf::link_pins(&links)
+            .iter()
+            .all(|(i, _, _)| *i != b.ifaces[0]),
+        "no link pinned for it"
+    );
 }

@@ -631,3 +631,29 @@ fn the_default_config_documents_every_watchdog_and_escalation_key() {
     assert_eq!(s.watchdogs.len(), 1);
     assert_eq!(s.escalate.len(), 1);
 }
+
+#[test]
+fn chain_and_next_are_read_and_a_chain_beside_interfaces_is_refused() {
+    let s = parse(
+        "[datapath]\nchain = { prog_array = \"/sys/fs/bpf/root/progs\", index = 3 }\nnext = \"/sys/fs/bpf/lb\"\n",
+    )
+    .unwrap();
+    let chain = s.datapath.chain.unwrap();
+    assert_eq!(chain.prog_array, PathBuf::from("/sys/fs/bpf/root/progs"));
+    assert_eq!(chain.index, 3);
+    assert_eq!(s.datapath.next, Some(PathBuf::from("/sys/fs/bpf/lb")));
+    let e = parse(
+        "[datapath]\ninterfaces = [\"eth0\"]\nchain = { prog_array = \"/sys/fs/bpf/r\", index = 0 }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("datapath.chain") && e.contains("line 3"), "{e}");
+    let e = parse("[datapath]\nchain = { prog_array = \"/sys/fs/bpf/r\", index = -1 }\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("datapath.chain.index"), "{e}");
+    let e = parse("[datapath]\nnext = \"lb\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("datapath.next"), "{e}");
+}

@@ -132,7 +132,11 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
             tracing::info!(
                 "in {}{}",
                 a.iface,
-                if a.adopted { ", swapped in for the previous run's program" } else { "" }
+                if a.adopted {
+                    ", swapped in for the previous run's program"
+                } else {
+                    ""
+                }
             );
             continue;
         }

@@ -245,7 +245,10 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
     }
     for (slot, pin) in &chain_pins {
         if opts.chain.as_ref() != Some(slot) {
-            tracing::info!("{}: no longer configured; clearing it", super::chain::label(slot));
+            tracing::info!(
+                "{}: no longer configured; clearing it",
+                super::chain::label(slot)
+            );
             super::chain::remove(slot, pin)?;
         }
     }
@@ -314,9 +317,9 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
     let tc_dir = dir.join("tc");
     datapath.tc = match &datapath.cookies {
         // The root program's interfaces are not ours to know.
-        Ok(()) if opts.chain.is_some() => Err(
-            "in chain mode the guard knows no interface to attach its TC stage to".to_string(),
-        ),
+        Ok(()) if opts.chain.is_some() => {
+            Err("in chain mode the guard knows no interface to attach its TC stage to".to_string())
+        }
         Ok(()) => {
             let ifaces: Vec<(String, u32)> = attachments
                 .iter()
@@ -369,8 +372,7 @@ fn set_next(datapath: &mut KernelDatapath, next: Option<&Path>) -> Result<(), Lo
         path: path.to_path_buf(),
         source,
     };
-    let program =
-        Xdp::from_pin(path, XdpAttachType::Interface).map_err(|e| err(Box::new(e)))?;
+    let program = Xdp::from_pin(path, XdpAttachType::Interface).map_err(|e| err(Box::new(e)))?;
     let fd = program.fd().map_err(|e| err(Box::new(e)))?;
     array.set(0, fd, 0).map_err(|e| err(Box::new(e)))
 }

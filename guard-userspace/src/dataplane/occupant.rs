@@ -4,7 +4,7 @@
 //!
 //! Hand-written here: aya 0.14's netlink code is private. The attribute numbers are from
 //! `<linux/if_link.h>`; the message layout from `<linux/netlink.h>` and `<linux/rtnetlink.h>`.
-use std::{io, os::fd::FromRawFd, os::fd::OwnedFd, os::fd::AsRawFd};
+use std::{io, os::fd::AsRawFd, os::fd::FromRawFd, os::fd::OwnedFd};
 
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWLINK: u16 = 16;
@@ -99,8 +99,8 @@ fn parse_reply(b: &[u8]) -> io::Result<Option<u32>> {
             format!("unexpected rtnetlink message type {ty}"),
         ));
     }
-    let Some((_, xdp)) = attrs(msg.get(NLMSG_HDR + IFINFO..).ok_or_else(bad)?)
-        .find(|(t, _)| *t == IFLA_XDP)
+    let Some((_, xdp)) =
+        attrs(msg.get(NLMSG_HDR + IFINFO..).ok_or_else(bad)?).find(|(t, _)| *t == IFLA_XDP)
     else {
         return Ok(None);
     };
@@ -108,10 +108,12 @@ fn parse_reply(b: &[u8]) -> io::Result<Option<u32>> {
     let ids: Vec<(u16, u32)> = attrs(xdp)
         .filter_map(|(t, p)| Some((t, u32_at(p, 0)?)))
         .collect();
-    Ok([IFLA_XDP_PROG_ID, IFLA_XDP_DRV_PROG_ID, IFLA_XDP_SKB_PROG_ID]
-        .iter()
-        .find_map(|want| ids.iter().find(|(t, id)| t == want && *id != 0))
-        .map(|(_, id)| *id))
+    Ok(
+        [IFLA_XDP_PROG_ID, IFLA_XDP_DRV_PROG_ID, IFLA_XDP_SKB_PROG_ID]
+            .iter()
+            .find_map(|want| ids.iter().find(|(t, id)| t == want && *id != 0))
+            .map(|(_, id)| *id),
+    )
 }
 
 /// The name the kernel holds for program `id` (its first 15 bytes), or a placeholder.
