@@ -64,13 +64,17 @@ pub mod map_names {
     /// stage of its own load in at each start (none on kernels without the syncookie
     /// helpers, where cookie services pass their SYNs to the kernel).
     pub const COOKIE_PROGS: &str = "GUARD_COOKIE";
+    /// Program array `0 -> the operator's next program` (`[datapath] next`): tail-called for
+    /// every packet the guard passes, so the guard can sit in front of a load balancer. Empty
+    /// (no next program): passed packets go to the kernel. Pinned, like `COOKIE_PROGS`.
+    pub const NEXT_PROGS: &str = "GUARD_NEXT";
     /// The programs the object holds besides `PROGRAM_NAME`.
     pub const COOKIE_PROGRAM: &str = "guard_cookie";
     /// The TC ingress program that hands a cookie-validated ACK to the listener.
     pub const TC_PROGRAM: &str = "guard_tc";
 
     /// Every map that is pinned, in a fixed order (pinning, compatibility checks).
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         CONFIG,
         CONFIG_SLOT,
         STATS,
@@ -91,6 +95,7 @@ pub mod map_names {
         CPU_STATE,
         COOKIE_PROGS,
         SEEN,
+        NEXT_PROGS,
     ];
 }
 

@@ -43,7 +43,7 @@ pub mod program {
 
     use crate::{
         front, known, limit, lists,
-        maps::{CONFIG, CONFIG_SLOT, COOKIE_PROGS, SCRATCH, STATS},
+        maps::{CONFIG, CONFIG_SLOT, COOKIE_PROGS, NEXT_PROGS, SCRATCH, STATS},
         parse::{self, Packet, Parsed},
         service::{self, Svc},
     };
@@ -118,6 +118,16 @@ pub mod program {
                 c.bytes[why] += len;
             }
         }
+        pass(ctx)
+    }
+
+    /// Hands a packet the guard passes on: to the operator's next program if one is set
+    /// (`NEXT_PROGS`, a tail call that does not return), else to the kernel.
+    #[inline(always)]
+    fn pass(ctx: &XdpContext) -> u32 {
+        // SAFETY: a tail call with this program's own context; it returns only if the slot
+        // is empty (or the chain of tail calls is at its limit), and then the kernel has it.
+        unsafe { NEXT_PROGS.tail_call(ctx, 0) };
         xdp_action::XDP_PASS
     }
 
@@ -151,7 +161,7 @@ pub mod program {
         if drop && !dry_run {
             xdp_action::XDP_DROP
         } else {
-            xdp_action::XDP_PASS
+            pass(ctx)
         }
     }
 

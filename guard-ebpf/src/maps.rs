@@ -123,3 +123,10 @@ pub static COOKIE_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// would spare; userspace rebuilds a half from the maps it covers).
 #[map(name = "GUARD_SEEN")]
 pub static SEEN: Array<u64> = Array::with_max_entries(capacity::SEEN, MMAPABLE);
+
+/// `0 -> the operator's next program` (`[datapath] next`), tail-called for every packet the
+/// guard passes. Filled by the daemon at each start, cleared when no next program is set;
+/// pinned, since a program array that no file or process holds is emptied. Empty: the packet
+/// goes to the kernel (`XDP_PASS`).
+#[map(name = "GUARD_NEXT")]
+pub static NEXT_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);

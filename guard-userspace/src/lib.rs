@@ -27,9 +27,9 @@ pub use control::attack;
 /// tests use them).
 pub mod ebpf {
     pub use crate::dataplane::{
-        AttachMode, Attachment, BPFFS, CpuRun, KernelDatapath, LoadError, Loaded, StartOptions,
-        detach, ensure_bpffs, link_pin_name, link_pins, load, parse_link_pin_name, start,
-        versioned_dir,
+        AttachMode, Attachment, BPFFS, ChainSlot, CpuRun, KernelDatapath, LoadError, Loaded,
+        StartOptions, chain, detach, ensure_bpffs, link_pin_name, link_pins, load,
+        parse_link_pin_name, start, versioned_dir,
     };
 }
 

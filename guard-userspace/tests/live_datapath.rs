@@ -51,6 +51,8 @@ fn start_in(b: &Bed, mode: AttachMode) -> Loaded {
         interfaces: b.ifaces.clone(),
         mode,
         pin_dir: b.tb.pin_dir.clone(),
+        chain: None,
+        next: None,
     };
     in_netns(&b.srv, move || {
         ebpf::start(&opts).expect("start the guard data plane")
@@ -222,6 +224,8 @@ fn attaching_to_a_missing_interface_is_a_clear_error() {
         interfaces: vec!["gnone0".into()],
         mode: AttachMode::Auto,
         pin_dir: b.tb.pin_dir.clone(),
+        chain: None,
+        next: None,
     };
     let err = in_netns(&b.srv, move || {
         ebpf::start(&opts).err().map(|e| e.to_string())

@@ -70,6 +70,11 @@ pub fn test(skip_live: bool, extra: &[String]) -> Result<()> {
     let mut test = cargo(&["test", "--workspace", "--exclude", "guard-ebpf"]);
     test.args(extra)
         .env("GUARD_EBPF_OBJECT", &object)
+        // The chain tests' root and next programs (guard-ebpf/src/testroot.rs).
+        .env(
+            "GUARD_TESTROOT_OBJECT",
+            object.with_file_name("guard-testroot"),
+        )
         // Tests fail rather than skip here when something they need is missing (root, the
         // object, haproxy): this is the suite CI trusts. Only --skip-live skips, as asked.
         .env("GUARD_TEST_KERNEL", "require")

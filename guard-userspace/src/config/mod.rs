@@ -176,6 +176,11 @@ pub struct DatapathSettings {
     pub mode: AttachMode,
     pub dry_run: bool,
     pub pin_dir: PathBuf,
+    /// Chain mode: the program goes into this slot of another program's array, onto no
+    /// interface.
+    pub chain: Option<crate::dataplane::ChainSlot>,
+    /// A pinned XDP program the guard tail-calls for every packet it passes.
+    pub next: Option<PathBuf>,
 }
 
 /// Per-source limits: what goes into the kernel's `Config`.

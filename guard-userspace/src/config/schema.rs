@@ -98,6 +98,16 @@ pub(super) struct RawDatapath {
     pub(super) mode: Option<Spanned<AttachMode>>,
     pub(super) dry_run: Option<bool>,
     pub(super) pin_dir: Option<Spanned<String>>,
+    pub(super) chain: Option<Spanned<RawChain>>,
+    pub(super) next: Option<Spanned<String>>,
+}
+
+/// `[datapath] chain = { prog_array = "...", index = N }`: chain mode.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawChain {
+    pub(super) prog_array: Spanned<String>,
+    pub(super) index: Spanned<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

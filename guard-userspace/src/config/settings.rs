@@ -12,6 +12,8 @@ impl Settings {
                 mode: AttachMode::Auto,
                 dry_run: false,
                 pin_dir: PathBuf::from("/sys/fs/bpf/guard"),
+                chain: None,
+                next: None,
             },
             limits: Limits {
                 pps: 20_000,
@@ -120,6 +122,8 @@ impl Settings {
             mode,
             dry_run,
             pin_dir,
+            chain,
+            next,
         } = datapath;
         if let Some(list) = interfaces {
             let mut names: Vec<String> = Vec::with_capacity(list.len());
@@ -146,6 +150,34 @@ impl Settings {
         }
         if let Some(dir) = pin_dir {
             out.datapath.pin_dir = v.path(dir, "datapath.pin_dir", true)?;
+        }
+        if let Some(chain) = chain {
+            let span = chain.span();
+            let RawChain { prog_array, index } = chain.into_inner();
+            let prog_array = v.path(prog_array, "datapath.chain.prog_array", true)?;
+            let mut i = 0;
+            v.set(
+                &mut i,
+                Some(index),
+                "datapath.chain.index",
+                0,
+                u64::from(u32::MAX),
+            )?;
+            if !out.datapath.interfaces.is_empty() {
+                return Err(v.invalid(
+                    &span,
+                    "datapath.chain",
+                    format!("{{ prog_array = {:?}, index = {i} }}", prog_array.display()),
+                    "no chain beside datapath.interfaces: in chain mode the root program that tail-calls the slot decides the interfaces (remove one of the two)".to_string(),
+                ));
+            }
+            out.datapath.chain = Some(crate::dataplane::ChainSlot {
+                prog_array,
+                index: i as u32,
+            });
+        }
+        if let Some(next) = next {
+            out.datapath.next = Some(v.path(next, "datapath.next", true)?);
         }
 
         let RawLimits {
@@ -243,6 +275,13 @@ impl Settings {
             let mut names: Vec<String> = Vec::with_capacity(interfaces.len());
             for name in interfaces {
                 check_iface(name, &names).map_err(|e| flag("iface", format!("{name:?}"), e))?;
+                if self.datapath.chain.is_some() {
+                    return Err(flag(
+                        "iface",
+                        format!("{name:?}"),
+                        "no --iface in chain mode ([datapath] chain is set): the root program decides the interfaces".to_string(),
+                    ));
+                }
                 names.push(name.clone());
             }
             self.datapath.interfaces = names;
@@ -358,6 +397,8 @@ impl Settings {
                     mode,
                     dry_run: _,
                     pin_dir,
+                    chain,
+                    next,
                 },
             limits:
                 Limits {
@@ -389,6 +430,12 @@ impl Settings {
         }
         if *pin_dir != new.datapath.pin_dir {
             out.push("datapath.pin_dir");
+        }
+        if *chain != new.datapath.chain {
+            out.push("datapath.chain");
+        }
+        if *next != new.datapath.next {
+            out.push("datapath.next");
         }
         if *socket != new.control.socket {
             out.push("control.socket");

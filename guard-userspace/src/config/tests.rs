@@ -729,3 +729,29 @@ fn a_changed_fleet_needs_a_restart() {
     let new = parse("[fleet]\nservers = [\"n2:4222\"]\nhost = \"a\"\n").unwrap();
     assert_eq!(old.restart_needed_for(&new), ["fleet"]);
 }
+
+#[test]
+fn chain_and_next_are_read_and_a_chain_beside_interfaces_is_refused() {
+    let s = parse(
+        "[datapath]\nchain = { prog_array = \"/sys/fs/bpf/root/progs\", index = 3 }\nnext = \"/sys/fs/bpf/lb\"\n",
+    )
+    .unwrap();
+    let chain = s.datapath.chain.unwrap();
+    assert_eq!(chain.prog_array, PathBuf::from("/sys/fs/bpf/root/progs"));
+    assert_eq!(chain.index, 3);
+    assert_eq!(s.datapath.next, Some(PathBuf::from("/sys/fs/bpf/lb")));
+    let e = parse(
+        "[datapath]\ninterfaces = [\"eth0\"]\nchain = { prog_array = \"/sys/fs/bpf/r\", index = 0 }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("datapath.chain") && e.contains("line 3"), "{e}");
+    let e = parse("[datapath]\nchain = { prog_array = \"/sys/fs/bpf/r\", index = -1 }\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("datapath.chain.index"), "{e}");
+    let e = parse("[datapath]\nnext = \"lb\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("datapath.next"), "{e}");
+}

@@ -50,7 +50,10 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     // serves, rather than killing it half-started.
     let signals = Signals::new()?;
     let settings = load_settings(&opts)?;
-    let interfaces = if settings.datapath.interfaces.is_empty() {
+    let interfaces = if settings.datapath.chain.is_some() {
+        // Chain mode: the root program's interfaces, not ours.
+        Vec::new()
+    } else if settings.datapath.interfaces.is_empty() {
         let found = config::default_route_interfaces()?;
         tracing::info!("no interfaces configured: using the default-route interfaces {found:?}");
         found
@@ -118,8 +121,25 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
         interfaces,
         mode: settings.datapath.mode,
         pin_dir: settings.datapath.pin_dir.clone(),
+        chain: settings.datapath.chain.clone(),
+        next: settings.datapath.next.clone(),
     })?;
+    if let Some(next) = &settings.datapath.next {
+        tracing::info!("passed packets go on to {}", next.display());
+    }
     for a in &attachments {
+        if a.mode == "chain" {
+            tracing::info!(
+                "in {}{}",
+                a.iface,
+                if a.adopted {
+                    ", swapped in for the previous run's program"
+                } else {
+                    ""
+                }
+            );
+            continue;
+        }
         tracing::info!(
             "attached to {} (ifindex {}) in {} mode{} (requested: {})",
             a.iface,

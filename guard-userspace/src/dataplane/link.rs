@@ -38,7 +38,7 @@ pub struct LinkState {
 }
 
 impl LinkState {
-    fn no(detail: String) -> Self {
+    pub(crate) fn no(detail: String) -> Self {
         Self {
             attached: false,
             detail,
@@ -54,7 +54,11 @@ pub fn link_pin(pin_dir: &Path, iface: &str) -> Option<PathBuf> {
 }
 
 /// Is the program attached to `iface` (in this network namespace) through its pinned link?
+/// For a chain slot (`chain:<array>[<index>]`, chain mode), is it still in the slot?
 pub fn check(pin_dir: &Path, iface: &str) -> LinkState {
+    if iface.starts_with("chain:") {
+        return super::chain::check(pin_dir, iface);
+    }
     let Some(pin) = link_pin(pin_dir, iface) else {
         return LinkState::no(format!(
             "no pinned link for {iface} under {}",
@@ -123,7 +127,7 @@ fn link_ifindex_of(pin: &Path, link_type: u32) -> io::Result<Option<u32>> {
 }
 
 /// The bpf(2) system call with an attribute block of 128 bytes.
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<RawFd> {
+pub(crate) fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<RawFd> {
     // SAFETY: `attr` is a valid, writable block of the size passed; the pointers inside it
     // (a path, an info buffer) are valid for the call's duration, as the callers ensure.
     let rc = unsafe {

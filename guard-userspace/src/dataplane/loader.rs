@@ -7,13 +7,14 @@ use std::{
 
 use aya::{
     EbpfLoader,
-    maps::MapType,
+    maps::{MapType, ProgramArray},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
     },
 };
+use aya_obj::programs::XdpAttachType;
 use guard_common::{
     Ban, Config, Counters, CpuState, Known, LAYOUT_VERSION, ListEntry, PROGRAM_NAME, PrefixState,
     Service, ServiceStats, SourceState, capacity, map_names,
@@ -116,6 +117,7 @@ pub(super) fn expected_layout(name: &str) -> Option<(MapType, u32, u32, u32)> {
         map_names::CPU_STATE => (MapType::PerCpuArray, 4, sz(size_of::<CpuState>()), 1),
         map_names::COOKIE_PROGS => (MapType::ProgramArray, 4, 4, 1),
         map_names::SEEN => (MapType::Array, 4, 8, capacity::SEEN),
+        map_names::NEXT_PROGS => (MapType::ProgramArray, 4, 4, 1),
         _ => return None,
     })
 }
@@ -220,12 +222,42 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
         }
     }
     let mut datapath = load(Some(&dir))?;
+    set_next(&mut datapath, opts.next.as_deref())?;
     let links_dir = dir.join("links");
     fs::create_dir_all(&links_dir).map_err(io_err("create", &links_dir))?;
     migrate_older_layouts(&opts.pin_dir, &links_dir)?;
     let pinned = link_pins(&links_dir);
     let mut attachments = Vec::new();
-    for iface in &opts.interfaces {
+    // Chain mode: into the slot (swapping out the previous run's program in one update),
+    // and onto no interface. A slot a previous run used that is no longer configured is
+    // cleared (if it still holds our program).
+    let chain_pins = super::chain::pins(&dir);
+    if let Some(slot) = &opts.chain {
+        let adopted = chain_pins.iter().any(|(s, _)| s == slot);
+        super::chain::insert(datapath.program_mut()?, slot, &dir)?;
+        attachments.push(Attachment {
+            iface: super::chain::label(slot),
+            ifindex: 0,
+            mode: "chain".to_string(),
+            adopted,
+            reattached: 0,
+        });
+    }
+    for (slot, pin) in &chain_pins {
+        if opts.chain.as_ref() != Some(slot) {
+            tracing::info!(
+                "{}: no longer configured; clearing it",
+                super::chain::label(slot)
+            );
+            super::chain::remove(slot, pin)?;
+        }
+    }
+    let interfaces: &[String] = if opts.chain.is_some() {
+        &[]
+    } else {
+        &opts.interfaces
+    };
+    for iface in interfaces {
         let ifindex = if_index(iface).ok_or_else(|| LoadError::NoInterface {
             iface: iface.clone(),
         })?;
@@ -284,6 +316,10 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
     // The SYN cookies' TC stage, wherever the XDP program is.
     let tc_dir = dir.join("tc");
     datapath.tc = match &datapath.cookies {
+        // The root program's interfaces are not ours to know.
+        Ok(()) if opts.chain.is_some() => {
+            Err("in chain mode the guard knows no interface to attach its TC stage to".to_string())
+        }
         Ok(()) => {
             let ifaces: Vec<(String, u32)> = attachments
                 .iter()
@@ -300,7 +336,7 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
     }
     // Interfaces a previous run attached to but that are no longer configured.
     for (iface, _, path) in &pinned {
-        if !opts.interfaces.contains(iface) {
+        if !interfaces.contains(iface) {
             tracing::info!("{iface}: no longer configured; detaching");
             fs::remove_file(path).map_err(io_err("remove", path))?;
         }
@@ -311,6 +347,36 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
     })
 }
 
+/// Points the program's `NEXT_PROGS` at the pinned program `next` (tail-called for every
+/// packet the guard passes), or empties it when there is none: the map is pinned, so a
+/// previous run's next program would otherwise stay.
+///
+/// # Errors
+/// When `next` is not a pinned XDP program, or the kernel refuses it in the array (its XDP
+/// flags, e.g. `xdp.frags`, differ from the guard's).
+fn set_next(datapath: &mut KernelDatapath, next: Option<&Path>) -> Result<(), LoadError> {
+    let map = datapath
+        .ebpf
+        .map_mut(map_names::NEXT_PROGS)
+        .ok_or(LoadError::Missing(map_names::NEXT_PROGS))?;
+    let mut array = ProgramArray::try_from(map).map_err(|source| LoadError::Map {
+        map: map_names::NEXT_PROGS,
+        source,
+    })?;
+    let Some(path) = next else {
+        // Empty already: ENOENT, which is what we want.
+        let _ = array.clear_index(&0);
+        return Ok(());
+    };
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| LoadError::Next {
+        path: path.to_path_buf(),
+        source,
+    };
+    let program = Xdp::from_pin(path, XdpAttachType::Interface).map_err(|e| err(Box::new(e)))?;
+    let fd = program.fd().map_err(|e| err(Box::new(e)))?;
+    array.set(0, fd, 0).map_err(|e| err(Box::new(e)))
+}
+
 /// Attaches `program` to `iface` in `mode` (auto: native, else generic) and pins the link
 /// under `links_dir`; returns the mode it got.
 fn attach_fresh(
@@ -319,6 +385,16 @@ fn attach_fresh(
     mode: AttachMode,
     links_dir: &Path,
 ) -> Result<&'static str, LoadError> {
+    // A foreign program (a load balancer, libxdp's dispatcher) is never replaced.
+    if let Some(ifindex) = if_index(iface)
+        && let Ok(Some(id)) = super::occupant::xdp_prog_on(ifindex)
+    {
+        return Err(LoadError::Occupied {
+            iface: iface.to_string(),
+            id,
+            program: super::occupant::prog_name(id),
+        });
+    }
     let tries: &[(XdpMode, &str)] = match mode {
         AttachMode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
         AttachMode::Native => &[(XdpMode::Driver, "native")],
@@ -434,7 +510,12 @@ pub(super) fn remove_pins(dir: &Path) -> Result<Vec<String>, LoadError> {
         fs::remove_file(&path).map_err(io_err("remove", &path))?;
         detached.push(iface);
     }
-    for sub in ["links", "tc", "maps"] {
+    // Chain slots: cleared only where they still hold our program.
+    for (slot, pin) in super::chain::pins(dir) {
+        super::chain::remove(&slot, &pin)?;
+        detached.push(super::chain::label(&slot));
+    }
+    for sub in ["links", "tc", super::chain::CHAIN_DIR, "maps"] {
         let d = dir.join(sub);
         if let Ok(rd) = fs::read_dir(&d) {
             for e in rd.filter_map(Result::ok) {

@@ -15,19 +15,33 @@ pub enum AttachMode {
     Generic,
 }
 
+/// A slot of a program array another XDP program tail-calls (`[datapath] chain`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChainSlot {
+    /// The pinned program array (e.g. katran's root array under /sys/fs/bpf).
+    pub prog_array: PathBuf,
+    pub index: u32,
+}
+
 pub struct StartOptions {
+    /// Interfaces to attach to; ignored (none is attached) when `chain` is set.
     pub interfaces: Vec<String>,
     pub mode: AttachMode,
     /// Pin directory root, e.g. /sys/fs/bpf/guard; state lives in its `v<LAYOUT_VERSION>/`.
     pub pin_dir: PathBuf,
+    /// Chain mode: the program goes into this slot instead of onto interfaces.
+    pub chain: Option<ChainSlot>,
+    /// A pinned XDP program the guard tail-calls for every packet it passes.
+    pub next: Option<PathBuf>,
 }
 
 /// One interface the program is attached to.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attachment {
+    /// The interface, or in chain mode the slot (`chain:<array>[<index>]`, ifindex 0).
     pub iface: String,
     pub ifindex: u32,
-    /// "native" or "generic".
+    /// "native", "generic" or "chain".
     pub mode: String,
     /// True if the attachment was adopted from a previous run's pins (and its program
     /// replaced in place, with no gap in protection).
@@ -76,6 +90,20 @@ pub enum LoadError {
     Mount(#[source] io::Error),
     #[error("{0}")]
     Link(String),
+    #[error(
+        "{iface} already runs an XDP program: {program} (id {id}). The guard does not replace it. Put the guard into the program array that program tail-calls ([datapath] chain = {{ prog_array = \"/sys/fs/bpf/...\", index = N }}, for a katran-style root), or detach that program first; libxdp's dispatcher (xdp-loader, xdp-filter) is not supported yet"
+    )]
+    Occupied {
+        iface: String,
+        id: u32,
+        program: String,
+    },
+    #[error("the next program {}", path.display())]
+    Next {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(
         "another guard daemon{} holds the pin directory {}: two daemons on one set of pins undo each other's lists and bans. Stop it first, or give this one its own --pin-dir",
         holder.map(|p| format!(" (pid {p})")).unwrap_or_default(),

@@ -375,7 +375,12 @@ pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
     for a in &s.attachments {
         t.row(vec![
             a.iface.clone(),
-            a.ifindex.to_string(),
+            // A chain slot has no interface of its own.
+            if a.mode == "chain" {
+                "-".to_string()
+            } else {
+                a.ifindex.to_string()
+            },
             a.mode.clone(),
             if a.adopted { "yes" } else { "no" }.to_string(),
             match a.reattached {
