@@ -233,6 +233,9 @@ pub const FLAG_SERVICES: u32 = 1 << 10;
 pub const FLAG_SEEN_FILTER: u32 = 1 << 11;
 /// `Config::flags`: the seen filter's second half is the one to read (the first without).
 pub const FLAG_SEEN_HALF: u32 = 1 << 12;
+/// `Config::flags`: `GUARD_NEXT` holds the operator's next program (`[datapath] next`): what
+/// the guard passes is tail-called to it. Without it no tail call is tried.
+pub const FLAG_NEXT: u32 = 1 << 13;
 /// The bits userspace derives from the lists themselves, not from the operator's config.
 pub const LIST_HINT_BITS: u32 = FLAG_LIST_HINTS
     | FLAG_HAS_ALLOW_V4

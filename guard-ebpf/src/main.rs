@@ -35,8 +35,8 @@ pub mod program {
         bindings::xdp_action, helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext,
     };
     use guard_common::{
-        Config, FLAG_CACHE_V4, FLAG_CACHE_V6, FLAG_DRY_RUN, SourceKey, SourceState, capacity,
-        known_by, reason, source_key_v4, source_key_v6,
+        Config, FLAG_CACHE_V4, FLAG_CACHE_V6, FLAG_DRY_RUN, FLAG_NEXT, SourceKey, SourceState,
+        capacity, known_by, reason, source_key_v4, source_key_v6,
     };
 
     use crate::seen;
@@ -98,7 +98,7 @@ pub mod program {
             } else if why == COOKIE_SYN {
                 // Dry-run: counted as a cookie (and would-drop: it would not reach the
                 // stack), and passed.
-                return record_dry_cookie(&ctx, len);
+                return record_dry_cookie(&ctx, cfg, len);
             } else {
                 why = reason::PASSED;
             }
@@ -108,7 +108,7 @@ pub mod program {
 
     /// Counts a SYN that would have been answered with a cookie, in dry-run.
     #[inline(always)]
-    fn record_dry_cookie(ctx: &XdpContext, len: u64) -> u32 {
+    fn record_dry_cookie(ctx: &XdpContext, cfg: &Config, len: u64) -> u32 {
         let slot = (ctx.ingress_ifindex() as u32) % capacity::STATS_SLOTS;
         if let Some(c) = STATS.get_ptr_mut(slot) {
             // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
@@ -118,16 +118,19 @@ pub mod program {
                 c.bytes[why] += len;
             }
         }
-        pass(ctx)
+        pass(ctx, cfg)
     }
 
     /// Hands a packet the guard passes on: to the operator's next program if one is set
     /// (`NEXT_PROGS`, a tail call that does not return), else to the kernel.
     #[inline(always)]
-    fn pass(ctx: &XdpContext) -> u32 {
-        // SAFETY: a tail call with this program's own context; it returns only if the slot
-        // is empty (or the chain of tail calls is at its limit), and then the kernel has it.
-        unsafe { NEXT_PROGS.tail_call(ctx, 0) };
+    fn pass(ctx: &XdpContext, cfg: &Config) -> u32 {
+        if cfg.flags & FLAG_NEXT != 0 {
+            // SAFETY: a tail call with this program's own context; it returns only if the
+            // slot is empty (or the chain of tail calls is at its limit), and then the kernel
+            // has it.
+            unsafe { NEXT_PROGS.tail_call(ctx, 0) };
+        }
         xdp_action::XDP_PASS
     }
 
@@ -161,7 +164,7 @@ pub mod program {
         if drop && !dry_run {
             xdp_action::XDP_DROP
         } else {
-            pass(ctx)
+            pass(ctx, cfg)
         }
     }
 

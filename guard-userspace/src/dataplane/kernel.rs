@@ -11,8 +11,9 @@ use aya::{
 use guard_common::{
     Ban, BanEvent, Config, Counters, FLAG_CACHE_V4, FLAG_CACHE_V6, FLAG_HAS_ALLOW_V4,
     FLAG_HAS_ALLOW_V6, FLAG_HAS_DENY_V4, FLAG_HAS_DENY_V6, FLAG_HAS_PBAN_V4, FLAG_HAS_PBAN_V6,
-    FLAG_LIST_HINTS, FLAG_SEEN_FILTER, FLAG_SEEN_HALF, FLAG_SERVICES, Gcra, Known, LIST_HINT_BITS,
-    ListEntry, PROGRAM_NAME, Service, ServiceStats, SourceKey, SourceState, capacity, map_names,
+    FLAG_LIST_HINTS, FLAG_NEXT, FLAG_SEEN_FILTER, FLAG_SEEN_HALF, FLAG_SERVICES, Gcra, Known,
+    LIST_HINT_BITS, ListEntry, PROGRAM_NAME, Service, ServiceStats, SourceKey, SourceState,
+    capacity, map_names,
 };
 
 use crate::{
@@ -82,6 +83,8 @@ pub struct KernelDatapath {
     pub(super) cookies: Result<(), String>,
     /// Whether the TC stage is attached to every interface (and why not).
     pub(super) tc: Result<(), String>,
+    /// Whether `GUARD_NEXT` holds a next program (`FLAG_NEXT`).
+    pub(super) next: bool,
     /// The pin directory root `start` used (`None`: loaded without pins).
     pub(super) pin_root: Option<std::path::PathBuf>,
     /// `GUARD_SEEN`, mapped: bits set before every insert into the tracker, `BANS` or
@@ -182,6 +185,7 @@ impl KernelDatapath {
             cookies: Err("not loaded".to_string()),
             tc: Err("the TC stage is not attached (not started)".to_string()),
             pin_root: None,
+            next: false,
             walk_calls: std::sync::atomic::AtomicU64::new(0),
         })
         .and_then(|mut dp| {
@@ -297,7 +301,7 @@ impl KernelDatapath {
     /// reads either the whole old config or the whole new one (never a mix, such as a new
     /// lists generation with old cache flags). Before a slot is written again, `SLOT_GRACE`
     /// has passed since it was last in use.
-    fn write_config(&mut self) -> Result<(), DatapathError> {
+    pub(super) fn write_config(&mut self) -> Result<(), DatapathError> {
         let b = &self.base;
         // The verdict cache is sound only if every list entry covers whole tracked sources.
         let v4_track = if b.v4_prefix_len == 0 {
@@ -335,7 +339,13 @@ impl KernelDatapath {
             )
         };
         let cfg = Config {
-            flags: b.flags | FLAG_LIST_HINTS | self.hints | cache | services | self.seen.flags(),
+            flags: b.flags
+                | FLAG_LIST_HINTS
+                | self.hints
+                | cache
+                | services
+                | self.seen.flags()
+                | if self.next { FLAG_NEXT } else { 0 },
             lists_gen: self.lists_gen,
             pkt_interval_ns: pkt.interval_ns,
             pkt_tolerance_ns: pkt.tolerance_ns,
@@ -541,7 +551,8 @@ impl KernelDatapath {
 /// A config as userspace set it: no hints, no derived fields.
 pub(super) fn user_view(cfg: &Config) -> Config {
     Config {
-        flags: cfg.flags & !(LIST_HINT_BITS | FLAG_SERVICES | FLAG_SEEN_FILTER | FLAG_SEEN_HALF),
+        flags: cfg.flags
+            & !(LIST_HINT_BITS | FLAG_SERVICES | FLAG_SEEN_FILTER | FLAG_SEEN_HALF | FLAG_NEXT),
         lists_gen: 0,
         pkt_interval_ns: 0,
         pkt_tolerance_ns: 0,

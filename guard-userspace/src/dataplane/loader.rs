@@ -365,6 +365,7 @@ fn set_next(datapath: &mut KernelDatapath, next: Option<&Path>) -> Result<(), Lo
     })?;
     let Some(path) = next else {
         // Empty already: ENOENT, which is what we want.
+        // (A fresh load: `FLAG_NEXT` is not set.)
         let _ = array.clear_index(&0);
         return Ok(());
     };
@@ -374,7 +375,9 @@ fn set_next(datapath: &mut KernelDatapath, next: Option<&Path>) -> Result<(), Lo
     };
     let program = Xdp::from_pin(path, XdpAttachType::Interface).map_err(|e| err(Box::new(e)))?;
     let fd = program.fd().map_err(|e| err(Box::new(e)))?;
-    array.set(0, fd, 0).map_err(|e| err(Box::new(e)))
+    array.set(0, fd, 0).map_err(|e| err(Box::new(e)))?;
+    datapath.next = true;
+    datapath.write_config().map_err(|e| err(Box::new(e)))
 }
 
 /// Attaches `program` to `iface` in `mode` (auto: native, else generic) and pins the link
