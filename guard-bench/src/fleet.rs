@@ -1,4 +1,4 @@
-//! Section 4 (`--only fleet`): how long a ban made on one guard takes to be in force on
+//! Section 4: how long a ban made on one guard takes to be in force on
 //! another over NATS JetStream KV: a real `nats-server -js` and two daemons on a bridge, a
 //! hundred sources each flooding host a once, the time until host b lists each ban.
 use std::{

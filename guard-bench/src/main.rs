@@ -28,7 +28,7 @@ enum Part {
     Cost,
     Flood,
     Control,
-    /// Ban propagation across a fleet (not in the default sections: run with `--only fleet`).
+    /// Ban propagation across a fleet (a real nats-server -js and two daemons).
     Fleet,
 }
 
@@ -58,7 +58,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "cost,flood,control"
+        default_value = "cost,flood,control,fleet"
     )]
     only: Vec<Part>,
     /// Where to write the report.

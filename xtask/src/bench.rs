@@ -24,6 +24,7 @@ const BENCH_DEBS: &[&str] = &[
     "bpftool",
     "xdp-tools",
     "nftables",
+    "nats-server",
 ];
 
 /// Runs the benchmarks; `args` go to guard-bench as they are (see `guard-bench --help`).
