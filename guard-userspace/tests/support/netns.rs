@@ -289,6 +289,24 @@ impl Drop for Testbed {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.tmp);
+        // The tcp_syncookies value a daemon of this testbed replaced and did not get to put
+        // back (a test that failed before `guard detach`): its namespace is gone, and so is
+        // what the file was for.
+        let key = format!(
+            "tcp_syncookies.{}.",
+            self.pin_dir
+                .to_string_lossy()
+                .trim_matches('/')
+                .replace('/', "_")
+        );
+        if let Ok(rd) = std::fs::read_dir("/run/guard") {
+            for e in rd.filter_map(Result::ok) {
+                if e.file_name().to_string_lossy().starts_with(&key) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir("/run/guard");
     }
 }
 
