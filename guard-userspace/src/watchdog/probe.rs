@@ -177,7 +177,10 @@ mod tests {
         let unit = "/system.slice/app.service";
         // Hybrid, as systemd-nspawn gives a container on a v1 host: the unit is in the
         // systemd hierarchies only, the read-only memory controller has no place for it.
-        for d in ["unified/system.slice/app.service", "systemd/system.slice/app.service"] {
+        for d in [
+            "unified/system.slice/app.service",
+            "systemd/system.slice/app.service",
+        ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
             std::fs::write(root.join(d).join("cgroup.procs"), "42\n").unwrap();
         }

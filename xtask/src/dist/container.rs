@@ -347,7 +347,10 @@ pub fn check_under_systemd(report: &mut Report, dist: &Dist) -> Result<()> {
 fn watchdog_steps(report: &mut Report, c: &Container) {
     let app = watchdog::start_app(c);
     let ready = app.is_ok();
-    report.step("systemd: the watchdog's service guard-app.service runs", app);
+    report.step(
+        "systemd: the watchdog's service guard-app.service runs",
+        app,
+    );
     if !ready {
         return;
     }

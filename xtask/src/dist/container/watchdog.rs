@@ -45,10 +45,7 @@ fn with_watchdog(installed: &str, unit: &str, max_memory: Option<&str>) -> Resul
         installed.lines().any(|l| l == "checks = []"),
         "the installed config has no `checks = []` line to put the check in place of"
     );
-    let body: Vec<&str> = installed
-        .lines()
-        .filter(|l| *l != "checks = []")
-        .collect();
+    let body: Vec<&str> = installed.lines().filter(|l| *l != "checks = []").collect();
     let memory = max_memory
         .map(|m| format!("max_memory = \"{m}\"\n"))
         .unwrap_or_default();
@@ -62,8 +59,7 @@ fn with_watchdog(installed: &str, unit: &str, max_memory: Option<&str>) -> Resul
 
 /// A property of `unit` (`systemctl show -p NAME --value`).
 fn show(c: &Container, unit: &str, name: &str) -> Result<String> {
-    Ok(c
-        .exec(&["systemctl", "show", "-p", name, "--value", unit])?
+    Ok(c.exec(&["systemctl", "show", "-p", name, "--value", unit])?
         .trim()
         .to_string())
 }
@@ -152,7 +148,10 @@ fn refused_at_start(c: &Container, config: &str, needle: &str) -> Result<String>
         .lines()
         .find(|l| l.contains(needle))
         .with_context(|| format!("no line has {needle}:\n{journal}"))?;
-    Ok(line.split_once("guard: ").map_or(line, |(_, l)| l).to_string())
+    Ok(line
+        .split_once("guard: ")
+        .map_or(line, |(_, l)| l)
+        .to_string())
 }
 
 /// A `[[watchdog]]` whose unit systemd does not have stops the start, naming the field.
@@ -251,13 +250,13 @@ fn follow(c: &Container, before: &(String, String)) -> Result<Seen> {
             c.exec(&["rm", "-f", APP_HEALTHZ])?;
             broken += 1;
         }
-        if name == "draining" && drained.is_none() {
+        // Health is evaluated each second: it says drain from the next evaluation on, and
+        // keeps saying it through the restart until the readmit.
+        if ["draining", "restarting", "recovering"].contains(&name.as_str()) && drained.is_none() {
             let h = health(c)?;
-            ensure!(
-                text(&h, "status") == "drain" && text(&h, "reason").starts_with("watchdog: "),
-                "draining, but guard health says: {h}"
-            );
-            drained = Some(text(&h, "reason"));
+            if text(&h, "status") == "drain" && text(&h, "reason").starts_with("watchdog: ") {
+                drained = Some(text(&h, "reason"));
+            }
         }
         if name == "held" {
             ensure!(
@@ -268,7 +267,9 @@ fn follow(c: &Container, before: &(String, String)) -> Result<Seen> {
         }
         thread::sleep(Duration::from_millis(300));
     };
-    let drained = drained.with_context(|| format!("never seen draining (phases {phases:?})"))?;
+    let drained = drained.with_context(|| {
+        format!("guard health never said drain with a watchdog: reason (phases {phases:?})")
+    })?;
     let after = (
         show(c, APP_UNIT, "InvocationID")?,
         show(c, APP_UNIT, "ExecMainPID")?,
@@ -321,7 +322,9 @@ impl Container {
     /// A file of the running container (through its PID 1's root).
     fn path(&self, path: &str) -> Result<std::path::PathBuf> {
         let leader = self.leader.context("the container is not running")?;
-        Ok(std::path::PathBuf::from(format!("/proc/{leader}/root{path}")))
+        Ok(std::path::PathBuf::from(format!(
+            "/proc/{leader}/root{path}"
+        )))
     }
     fn read(&self, path: &str) -> Result<String> {
         let p = self.path(path)?;
@@ -346,8 +349,15 @@ mod tests {
         let c = with_watchdog(installed, APP_UNIT, Some(MAX_MEMORY)).unwrap();
         assert!(!c.contains("checks = []"), "{c}");
         assert!(c.contains("[[health.checks]]\nname = \"app-http\""), "{c}");
-        assert!(c.contains("unit = \"guard-app.service\"\nmax_memory = \"4MiB\"\nfail_after"), "{c}");
-        assert!(!with_watchdog(installed, APP_UNIT, None).unwrap().contains("max_memory"));
+        assert!(
+            c.contains("unit = \"guard-app.service\"\nmax_memory = \"4MiB\"\nfail_after"),
+            "{c}"
+        );
+        assert!(
+            !with_watchdog(installed, APP_UNIT, None)
+                .unwrap()
+                .contains("max_memory")
+        );
         assert!(with_watchdog("[health]\n", APP_UNIT, None).is_err());
     }
 }
