@@ -38,14 +38,15 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// again at most this often.
 const REPEAT_LOG: Duration = Duration::from_secs(60);
 
-/// What a start or reload found out: the units' cgroups (unit mode's memory).
+/// What a start or reload found out: the units' memory cgroups (unit mode's memory).
 #[derive(Debug, Default)]
 pub(super) struct Preflight {
     cgroups: HashMap<String, Option<PathBuf>>,
 }
 
 /// Checks the controls of `settings` against the world: each unit exists (systemd over
-/// D-Bus), each HAProxy table answers the condition's column.
+/// D-Bus) and, with `max_memory`, has a memory cgroup that can be read; each HAProxy table
+/// answers the condition's column.
 ///
 /// # Errors
 ///
@@ -57,7 +58,19 @@ pub(super) async fn preflight(settings: &Settings) -> Result<Preflight, String> 
             let cgroup = restart::preflight_unit(unit)
                 .await
                 .map_err(|e| format!("watchdog[{i}].unit = {unit:?} (watchdog {}): {e}", w.name))?;
-            out.cgroups.insert(w.name.clone(), cgroup);
+            let memory = match (&cgroup, w.max_memory) {
+                (Some(cg), Some(max)) => Some(probe::unit_memory(cg).ok_or_else(|| {
+                    format!(
+                        "watchdog[{i}].max_memory = \"{}\" (watchdog {}): the memory of {unit} cannot be read: its cgroup {cg} has no memory.current (cgroup v2) nor memory.usage_in_bytes (v1 memory controller) under /sys/fs/cgroup, so systemd accounts no memory to it here (a container whose memory controller is read-only, or MemoryAccounting=no); remove max_memory, or run where the unit has a memory cgroup",
+                        crate::watchdog::human_bytes(max),
+                        w.name
+                    )
+                })?),
+                (Some(cg), None) => probe::unit_memory(cg),
+                // Not running: no cgroup to look at yet (see README: the next reload finds it).
+                (None, _) => None,
+            };
+            out.cgroups.insert(w.name.clone(), memory);
         }
     }
     for (i, h) in settings.escalate.iter().enumerate() {

@@ -317,7 +317,12 @@ impl Watchdog {
             // The daemon reports the restart through `restarted`.
             Phase::Restarting { .. } => Action::None,
             Phase::Recovering { since, reason } => {
-                if fault.is_none() {
+                // The check passing is what readmits (README, issue #14): a service still over
+                // a limit after its restart is let back in and, its limit broken again for
+                // fail_after samples, drained and held by min_interval, saying so. Judged on
+                // the whole fault instead, it would stay drained as "did not recover" until an
+                // operator acts, although its check passes.
+                if sample.check_ok {
                     self.note(now, "recovered: readmit".to_string());
                     self.phase = Phase::Watching { bad: 0 };
                     return Action::Readmit;
@@ -600,6 +605,31 @@ mod tests {
             assert_eq!(w.step(t, well(), false), Action::None, "at {t}");
         }
         assert!(w.drain_reason().is_some(), "still drained, saying why");
+    }
+
+    #[test]
+    fn a_restarted_service_still_over_its_limit_is_readmitted_then_held_by_min_interval() {
+        let mut w = app();
+        for t in 0..3 {
+            w.step(t, leaking(), false);
+        }
+        assert_eq!(w.step(40, leaking(), false), Action::Restart);
+        w.restarted(41, Ok(()));
+        // Its check passes although its memory is still over: readmitted, as the README says.
+        assert_eq!(w.step(42, leaking(), false), Action::Readmit);
+        w.step(43, leaking(), false);
+        w.step(44, leaking(), false);
+        assert!(matches!(w.step(45, leaking(), false), Action::Drain(_)));
+        assert_eq!(
+            w.phase,
+            Phase::Held {
+                reason: "app memory 2.3GiB > 2GiB; restarted less than min_interval ago".into(),
+                retry_at: Some(640),
+            }
+        );
+        for t in 46..640 {
+            assert_eq!(w.step(t, leaking(), false), Action::None, "at {t}");
+        }
     }
 
     #[test]

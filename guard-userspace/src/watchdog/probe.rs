@@ -3,10 +3,18 @@
 //! connections (established TCP sockets on the check's port, in this network namespace).
 use std::path::{Path, PathBuf};
 
+/// Where cgroup file systems are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The files a memory cgroup's usage is in: cgroup v2's, then the v1 memory controller's.
+const MEMORY_FILES: [&str; 2] = ["memory.current", "memory.usage_in_bytes"];
+
 /// Where a service's memory is read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MemorySource {
-    /// A cgroup v2 directory (`/sys/fs/cgroup/system.slice/app.service`): `memory.current`.
+    /// A memory cgroup's directory: `memory.current` (v2,
+    /// `/sys/fs/cgroup/system.slice/app.service`) or `memory.usage_in_bytes` (the v1 memory
+    /// controller, `/sys/fs/cgroup/memory/system.slice/app.service`).
     Cgroup(PathBuf),
     /// A pid file: the resident memory (`/proc/PID/statm`) of the process it names.
     PidFile(PathBuf),
@@ -22,7 +30,11 @@ impl MemorySource {
     pub fn read(&self) -> Result<u64, String> {
         match self {
             Self::Cgroup(dir) => {
-                let path = dir.join("memory.current");
+                let path = MEMORY_FILES
+                    .iter()
+                    .map(|f| dir.join(f))
+                    .find(|p| p.exists())
+                    .unwrap_or_else(|| dir.join(MEMORY_FILES[0]));
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
                 text.trim()
@@ -35,6 +47,26 @@ impl MemorySource {
             }
         }
     }
+}
+
+/// The memory cgroup of the unit whose cgroup is `control_group` (systemd's ControlGroup, such
+/// as `/system.slice/app.service`) under `root`: on cgroup v2 the unit's own directory; on a
+/// v1 or hybrid host the memory controller's hierarchy (`memory/`), where systemd places the
+/// unit only if it may (`MemoryAccounting`; a container's read-only controllers leave every
+/// unit in the container's root). `None`: no memory of this unit's own can be read.
+pub fn unit_memory_dir(root: &Path, control_group: &str) -> Option<PathBuf> {
+    let rel = control_group.trim_start_matches('/');
+    if rel.is_empty() {
+        return None;
+    }
+    [root.join(rel), root.join("memory").join(rel)]
+        .into_iter()
+        .find(|dir| MEMORY_FILES.iter().any(|f| dir.join(f).is_file()))
+}
+
+/// [`unit_memory_dir`] under `/sys/fs/cgroup`.
+pub fn unit_memory(control_group: &str) -> Option<PathBuf> {
+    unit_memory_dir(Path::new(CGROUP_ROOT), control_group)
 }
 
 /// The pid a pid file holds.
@@ -137,5 +169,34 @@ mod tests {
         std::fs::write(dir.join("memory.current"), "2469606195\n").unwrap();
         assert_eq!(MemorySource::Cgroup(dir.clone()).read(), Ok(2_469_606_195));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_units_memory_is_found_on_cgroup_v2_or_the_v1_memory_controller_or_not_at_all() {
+        let root = std::env::temp_dir().join(format!("guard-cgroups-{}", std::process::id()));
+        let unit = "/system.slice/app.service";
+        // Hybrid, as systemd-nspawn gives a container on a v1 host: the unit is in the
+        // systemd hierarchies only, the read-only memory controller has no place for it.
+        for d in [
+            "unified/system.slice/app.service",
+            "systemd/system.slice/app.service",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+            std::fs::write(root.join(d).join("cgroup.procs"), "42\n").unwrap();
+        }
+        assert_eq!(unit_memory_dir(&root, unit), None);
+        assert_eq!(unit_memory_dir(&root, ""), None);
+        // The v1 memory controller with the unit in it.
+        let v1 = root.join("memory/system.slice/app.service");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("memory.usage_in_bytes"), "8388608\n").unwrap();
+        assert_eq!(unit_memory_dir(&root, unit), Some(v1.clone()));
+        assert_eq!(MemorySource::Cgroup(v1).read(), Ok(8 << 20));
+        // cgroup v2 wins where both are.
+        let v2 = root.join("system.slice/app.service");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v2.join("memory.current"), "4096\n").unwrap();
+        assert_eq!(unit_memory_dir(&root, unit), Some(v2));
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -2,7 +2,7 @@
 //! `RestartUnit`, then the job followed until the unit is active again), or any command, for
 //! hosts without systemd. Both run under the watchdog's `restart_timeout`; a command that
 //! overruns it is killed.
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
 use zbus::{OwnedObjectPath, OwnedVariant as OwnedValue};
 
@@ -122,13 +122,13 @@ async fn unit_path(bus: &zbus::Connection, unit: &str) -> Result<OwnedObjectPath
     Ok(path)
 }
 
-/// Checks at start (and reload) that `unit` exists; returns its cgroup directory (for
-/// `memory.current`), if systemd names one.
+/// Checks at start (and reload) that `unit` exists; returns its cgroup (systemd's
+/// `ControlGroup`, such as `/system.slice/app.service`), if it has one (it is running).
 ///
 /// # Errors
 ///
 /// No system bus, or no such unit.
-pub async fn preflight_unit(unit: &str) -> Result<Option<PathBuf>, String> {
+pub async fn preflight_unit(unit: &str) -> Result<Option<String>, String> {
     let bus = system_bus().await?;
     let path = unit_path(&bus, unit).await?;
     // ControlGroup is on the unit type's interface (Service, Scope, ...): ask for the service's.
@@ -141,7 +141,7 @@ pub async fn preflight_unit(unit: &str) -> Result<Option<PathBuf>, String> {
     .await
     .ok()
     .filter(|c| !c.is_empty());
-    Ok(cgroup.map(|c| PathBuf::from(format!("/sys/fs/cgroup{c}"))))
+    Ok(cgroup)
 }
 
 /// `RestartUnit(unit, "replace")`, then waits until the job is done and the unit active.

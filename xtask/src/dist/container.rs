@@ -15,13 +15,16 @@ use anyhow::{Context, Result, bail, ensure};
 use super::{Dist, bare, capture, check::Report, mkdirs, path_str};
 use crate::{prereqs, run};
 
+mod watchdog;
+
 /// What booting the container takes.
 const CONTAINER_DEBS: &[&str] = &["systemd-container", "debootstrap"];
 /// The container's Debian: the release the package is built for, and what it needs to boot
-/// systemd and install the package (its Depends).
+/// systemd and install the package (its Depends), and busybox for the watchdog's service (its
+/// httpd) and client (wget).
 const SUITE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
-const ROOT_PACKAGES: &str = "systemd,systemd-sysv,dbus,procps,libgcc-s1";
+const ROOT_PACKAGES: &str = "systemd,systemd-sysv,dbus,procps,libgcc-s1,busybox";
 /// CapEff the daemon must run with: CAP_NET_ADMIN (12), CAP_PERFMON (38), CAP_BPF (39).
 const UNIT_CAP_EFF: &str = "000000c000001000";
 /// The watchdog period the container's drop-in sets, so that a missing WATCHDOG=1 shows in
@@ -272,6 +275,7 @@ pub fn check_under_systemd(report: &mut Report, dist: &Dist) -> Result<()> {
             Ok(String::new())
         })(),
     );
+    watchdog_steps(report, &c);
     report.step(
         "systemd: dpkg -r stops the service and detaches the program",
         c.exec(&["dpkg", "-r", "guard"]).and_then(|out| {
@@ -339,12 +343,44 @@ pub fn check_under_systemd(report: &mut Report, dist: &Dist) -> Result<()> {
     Ok(())
 }
 
+/// `[[watchdog]]` in unit mode, through the container's systemd over D-Bus.
+fn watchdog_steps(report: &mut Report, c: &Container) {
+    let app = watchdog::start_app(c);
+    let ready = app.is_ok();
+    report.step(
+        "systemd: the watchdog's service guard-app.service runs",
+        app,
+    );
+    if !ready {
+        return;
+    }
+    report.step(
+        "systemd: a [[watchdog]] unit systemd does not have stops the start, naming the field",
+        watchdog::unknown_unit_refused(c),
+    );
+    report.step(
+        "systemd: a [[watchdog]] max_memory is read from the unit's memory cgroup, or refused at start where there is none",
+        watchdog::max_memory_read_or_refused(c),
+    );
+    report.step(
+        "systemd: the watchdog drains, restarts guard-app.service through D-Bus, readmits, then holds the host drained (min_interval)",
+        watchdog::unit_mode_sequence(c).map(|seen| {
+            format!(
+                "drained \"{}\"; InvocationID {} -> {}; held \"{}\"",
+                seen.drained, seen.invocations.0, seen.invocations.1, seen.held
+            )
+        }),
+    );
+}
+
 /// The container's root file system: made once with debootstrap and kept in `dir`; every boot
-/// runs on a throwaway copy of it (`--ephemeral`).
+/// runs on a throwaway copy of it (`--ephemeral`). Its marker holds the package list, so a
+/// tree made with other packages is made again.
 fn rootfs(dir: &Path) -> Result<PathBuf> {
     let root = dir.join(format!("rootfs-{SUITE}"));
     let done = dir.join(format!("rootfs-{SUITE}.done"));
-    if done.exists() && root.is_dir() {
+    let made_with = fs::read_to_string(&done).unwrap_or_default();
+    if made_with.trim() == ROOT_PACKAGES && root.is_dir() {
         eprintln!("xtask: container root file system: {}", root.display());
         return Ok(root);
     }
@@ -362,7 +398,7 @@ fn rootfs(dir: &Path) -> Result<PathBuf> {
         ],
     ))
     .context("debootstrap could not make the container's root file system")?;
-    File::create(&done)?;
+    fs::write(&done, ROOT_PACKAGES).with_context(|| format!("write {}", done.display()))?;
     Ok(root)
 }
 
