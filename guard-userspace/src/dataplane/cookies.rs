@@ -268,6 +268,10 @@ pub fn restore_syncookies(pin_dir: &Path) -> Result<Option<u8>, String> {
     fs::write(SYNCOOKIES_SYSCTL, format!("{old}\n"))
         .map_err(|e| format!("restoring {SYNCOOKIES_SYSCTL} to {old}: {e}"))?;
     fs::remove_file(&saved).map_err(|e| format!("removing {}: {e}", saved.display()))?;
+    if let Some(dir) = saved.parent() {
+        // Only if nothing else lives there (the control socket does, under systemd).
+        let _ = fs::remove_dir(dir);
+    }
     Ok(Some(old))
 }
 
