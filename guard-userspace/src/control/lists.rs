@@ -22,6 +22,7 @@ impl<D: Datapath> Control<D> {
         self.dp
             .list_insert(list, &cidr, ListEntry::expiring(entry.expires_ns))?;
         let record = entry.record.clone();
+        self.note_list_expiry(entry.expires_ns);
         let old = self.list_mut(list).insert(cidr, entry);
         if let Err(e) = self.save_now(|w| w.put_list(list, &record)) {
             self.undo(list, cidr, old);
@@ -48,6 +49,7 @@ impl<D: Datapath> Control<D> {
         }
         match old {
             Some(e) => {
+                self.note_list_expiry(e.expires_ns);
                 self.list_mut(list).insert(cidr, e);
             }
             None => {
@@ -103,6 +105,7 @@ impl<D: Datapath> Control<D> {
         // One stamp for the whole import: every entry gets the same times.
         let template = self.new_entry(Cidr::host(IpAddr::from([0u8; 4])), ttl, reason);
         let value = ListEntry::expiring(template.expires_ns);
+        self.note_list_expiry(template.expires_ns);
         let mut previous: Vec<(Cidr, Option<Entry>)> = Vec::with_capacity(unique.len());
         let mut failure = None;
         let inserted = match self.dp.list_insert_many(list, &unique, value) {

@@ -264,6 +264,10 @@ pub struct Control<D: Datapath> {
     /// Stored records that looked expired at restore: kept in the store, not in the maps,
     /// until the clock is trusted (see `restore.rs`).
     parked: restore::Parked,
+    /// No list entry expires before this (monotonic ns; 0: not known, so the next sweep
+    /// looks): the sweep walks the lists only once it is due, not every second. Every TTL'd
+    /// insert lowers it ([`Control::note_list_expiry`]).
+    next_list_expiry_ns: u64,
     /// Bans applied from the fleet: the origin host and the ban's expiry (a later local ban of
     /// the same source, with another expiry, is this host's own again).
     fleet_origins: HashMap<SourceKey, (String, u64)>,
@@ -297,6 +301,7 @@ impl<D: Datapath> Control<D> {
             store_problem: None,
             damaged_aside: None,
             parked: restore::Parked::default(),
+            next_list_expiry_ns: 0,
             fleet_origins: HashMap::new(),
         }
     }
@@ -337,6 +342,13 @@ impl<D: Datapath> Control<D> {
         match list {
             List::Allow => &self.allow,
             List::Deny => &self.deny,
+        }
+    }
+
+    /// A list entry now expires at `expires_ns` (0: never): the sweep must look by then.
+    fn note_list_expiry(&mut self, expires_ns: u64) {
+        if expires_ns != 0 {
+            self.next_list_expiry_ns = self.next_list_expiry_ns.min(expires_ns);
         }
     }
 
@@ -382,13 +394,13 @@ impl<D: Datapath> Control<D> {
         new: impl Iterator<Item = &'a Cidr>,
     ) -> Result<(), ControlError> {
         let current = self.list(list);
-        let (mut v4, mut v6) =
-            current.keys().fold(
-                (0, 0),
-                |(a, b), c| {
-                    if c.is_ipv4() { (a + 1, b) } else { (a, b + 1) }
-                },
-            );
+        // IPv4 prefixes sort before IPv6 ones (`IpNet`'s order), and `::/0` is the least
+        // IPv6 one: the IPv6 entries are counted from there, the IPv4 ones are the rest. (Not
+        // a walk of the whole list: a `guard deny add` with a million IPv4 entries loaded
+        // would spend tens of milliseconds here.)
+        let first_v6 = Cidr::new(IpAddr::from([0u16; 8]), 0).expect("::/0 is a prefix");
+        let mut v6 = current.range(first_v6..).count();
+        let mut v4 = current.len() - v6;
         for c in new.filter(|c| !current.contains_key(c)) {
             if c.is_ipv4() {
                 v4 += 1;

@@ -137,6 +137,8 @@ impl<D: Datapath> Control<D> {
                 List::Deny => report.deny = entries.len(),
             }
             *self.list_mut(list) = entries;
+            // Whatever the restored entries hold: the next sweep looks.
+            self.next_list_expiry_ns = 0;
         }
 
         let in_map: HashSet<SourceKey> = self.dp.bans()?.into_iter().map(|(k, _)| k).collect();
@@ -214,6 +216,7 @@ impl<D: Datapath> Control<D> {
                         .map_or(0, |t| self.wall_to_mono(t, now_unix, now_ns));
                     self.dp
                         .list_insert(list, &rec.cidr, ListEntry::expiring(ns))?;
+                    self.note_list_expiry(ns);
                     self.list_mut(list).insert(
                         rec.cidr,
                         Entry {

@@ -16,13 +16,29 @@ impl<D: Datapath> Control<D> {
         let now_ns = self.dp.now_ns();
         let now_unix = (self.wall)();
         let mut out = SweepOutcome::default();
+        // The lists are walked only when an entry may be due: with a million entries loaded
+        // a walk takes tens of milliseconds under the control lock.
+        let walk_lists = now_ns >= self.next_list_expiry_ns;
+        if walk_lists {
+            self.next_list_expiry_ns = u64::MAX;
+        }
         for list in [List::Allow, List::Deny] {
+            if !walk_lists {
+                break;
+            }
+            let mut next = u64::MAX;
             let due: Vec<(Cidr, Option<u64>)> = self
                 .list(list)
                 .iter()
-                .filter(|(_, e)| e.expires_ns != 0 && e.expires_ns <= now_ns)
+                .filter(|(_, e)| {
+                    if e.expires_ns > now_ns {
+                        next = next.min(e.expires_ns);
+                    }
+                    e.expires_ns != 0 && e.expires_ns <= now_ns
+                })
                 .map(|(c, e)| (*c, e.record.expires))
                 .collect();
+            self.next_list_expiry_ns = self.next_list_expiry_ns.min(next);
             let mut expired = Vec::with_capacity(due.len());
             for (cidr, wall) in due {
                 // Due on the monotonic clock but not on the wall clock by more than a jump's
@@ -31,6 +47,7 @@ impl<D: Datapath> Control<D> {
                 if let Some(t) = wall.filter(|t| *t > now_unix + CLOCK_JUMP_SECS) {
                     let ns = self.wall_to_mono(t, now_unix, now_ns);
                     self.dp.list_insert(list, &cidr, ListEntry::expiring(ns))?;
+                    self.note_list_expiry(ns);
                     if let Some(e) = self.list_mut(list).get_mut(&cidr) {
                         e.expires_ns = ns;
                     }

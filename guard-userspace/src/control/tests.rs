@@ -319,6 +319,27 @@ fn import_over_capacity_is_refused_whole() {
 }
 
 #[test]
+fn each_family_is_held_to_its_own_capacity() {
+    let f = fixture();
+    let mut c = f.control();
+    let v6: Vec<Cidr> = (0..capacity::ALLOW_V6)
+        .map(|i| Cidr::host(IpAddr::V6(Ipv6Addr::from(u128::from(i) + 1))))
+        .collect();
+    c.list_import(List::Allow, &v6, None, None).unwrap();
+    // The IPv6 half is full; IPv4 still has room, and replacing an IPv6 entry takes none.
+    c.list_add(List::Allow, cidr("198.18.0.0/24"), None, None)
+        .unwrap();
+    c.list_add(List::Allow, v6[7], None, None).unwrap();
+    let e = c
+        .list_add(List::Allow, cidr("fd00::/64"), None, None)
+        .unwrap_err();
+    assert!(
+        matches!(e, ControlError::Full { family: "IPv6", .. }),
+        "{e}"
+    );
+}
+
+#[test]
 fn restart_restores_entries_with_remaining_ttl_on_a_new_monotonic_clock() {
     let f = fixture();
     let mut c = f.control();
