@@ -68,9 +68,12 @@ fn gcra_on_several_cpus_at_once_is_never_stricter_than_configured(cpus: &[usize]
         // and nothing in this test moves it).
         let moves = (state.pkt_tat - state.known_seen_ns) / INTERVAL;
         // A pass after five lost compare-and-swaps in a row lets its packet through without
-        // a move (fail open, never stricter): rare, and the only way to pass more.
+        // a move (fail open, never stricter): rare, and the only way to pass more. Seen at
+        // 0.11% of the passes on this machine when other work loads both CPUs; the bound is
+        // 0.5%. (The lost updates this guards against, a refill written over by another CPU,
+        // lose several percent.)
         assert!(
-            passed <= moves + passed / 1_000,
+            passed <= moves + passed / 200,
             "{passed} passes but the TAT moved only {moves} intervals: updates were lost"
         );
         if moves <= passed {
