@@ -8,7 +8,7 @@ use std::{
     net::{Ipv4Addr, UdpSocket},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -16,8 +16,8 @@ use std::{
 use serde_json::Value;
 use support::{
     WAIT,
-    netns::{Testbed, in_netns, live_or_skip, sh, udp_in, warm_up},
-    raw::{flood, mac_of},
+    netns::{Testbed, live_or_skip, udp_in, warm_up},
+    raw::{StopOnDrop, mac_of, no_rp_filter, spawn_flood},
     wait_for,
 };
 
@@ -125,27 +125,11 @@ fn a_spoofed_flood_is_held_to_the_newcomer_budget_while_the_earlier_client_is_an
     warm_up(&atk, SRV_ATK);
     warm_up(&cli, SRV_CLI);
     // Replies to spoofed sources would go nowhere; don't let rp_filter drop the flood first.
-    for conf in ["all", "default", s_atk.as_str()] {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &srv,
-            "sysctl",
-            "-qw",
-            &format!("net.ipv4.conf.{conf}.rp_filter=0"),
-        ]);
-    }
+    no_rp_filter(&srv, &s_atk);
     let stop = Arc::new(AtomicBool::new(false));
     let svc = udp_in(&srv, &format!("0.0.0.0:{PORT}"));
     let echo_stop = stop.clone();
     let echo_thread = std::thread::spawn(move || echo(svc, echo_stop));
-    struct StopOnDrop(Arc<AtomicBool>);
-    impl Drop for StopOnDrop {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Relaxed);
-        }
-    }
     let _stop = StopOnDrop(stop.clone());
 
     // A configured ceiling (no learning needed in a test), quick entry, known after 1 s.
@@ -191,23 +175,15 @@ fn a_spoofed_flood_is_held_to_the_newcomer_budget_while_the_earlier_client_is_an
             frame(dst_mac, src_mac, Ipv4Addr::new(198, 19, b[2], b[3]), dst)
         })
         .collect();
-    let sent = Arc::new(AtomicU64::new(0));
-    let (fstop, fsent) = (stop.clone(), sent.clone());
-    let dev = a_dev.clone();
-    let atk_ns = atk.clone();
-    let flooder = std::thread::spawn(move || {
-        in_netns(&atk_ns, move || {
-            flood(
-                &dev,
-                &frames,
-                40_000,
-                &fstop,
-                &fsent,
-                400_000,
-                Duration::from_secs(8),
-            )
-        })
-    });
+    let (flooder, _sent) = spawn_flood(
+        &atk,
+        &a_dev,
+        frames,
+        40_000,
+        &stop,
+        400_000,
+        Duration::from_secs(8),
+    );
 
     // The service goes under attack within a few seconds.
     let under = wait_for(WAIT, || {

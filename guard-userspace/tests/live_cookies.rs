@@ -25,7 +25,7 @@ use serde_json::Value;
 use support::{
     WAIT,
     netns::{Testbed, in_netns, live_or_skip, sh, warm_up},
-    raw::{flood, mac_of},
+    raw::{StopOnDrop, mac_of, no_rp_filter, spawn_flood},
     wait_for,
 };
 
@@ -304,17 +304,7 @@ fn new_clients_connect_and_are_served_under_a_spoofed_syn_flood_answered_with_co
     let _peer = PassAll::load(&cli, &c_dev);
     warm_up(&atk, SRV_ATK);
     warm_up(&cli, SRV_CLI);
-    for conf in ["all", "default", s_atk.as_str()] {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &srv,
-            "sysctl",
-            "-qw",
-            &format!("net.ipv4.conf.{conf}.rp_filter=0"),
-        ]);
-    }
+    no_rp_filter(&srv, &s_atk);
     // The kernel's own SYN cookies are off to begin with: the guard needs them on (the
     // kernel takes a cookie connection only then) and must put the value back.
     sh(&[
@@ -328,12 +318,6 @@ fn new_clients_connect_and_are_served_under_a_spoofed_syn_flood_answered_with_co
     ]);
 
     let stop = Arc::new(AtomicBool::new(false));
-    struct StopOnDrop(Arc<AtomicBool>);
-    impl Drop for StopOnDrop {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Relaxed);
-        }
-    }
     let _stop = StopOnDrop(stop.clone());
     let accepted = Arc::new(AtomicU64::new(0));
     let listener = in_netns(&srv, || {
@@ -410,22 +394,15 @@ fn new_clients_connect_and_are_served_under_a_spoofed_syn_flood_answered_with_co
             )
         })
         .collect();
-    let sent = Arc::new(AtomicU64::new(0));
-    let (fstop, fsent) = (stop.clone(), sent.clone());
-    let (dev, atk_ns) = (a_dev.clone(), atk.clone());
-    let flooder = std::thread::spawn(move || {
-        in_netns(&atk_ns, move || {
-            flood(
-                &dev,
-                &frames,
-                40_000,
-                &fstop,
-                &fsent,
-                480_000,
-                Duration::from_secs(12),
-            )
-        })
-    });
+    let (flooder, sent) = spawn_flood(
+        &atk,
+        &a_dev,
+        frames,
+        40_000,
+        &stop,
+        480_000,
+        Duration::from_secs(12),
+    );
     let under = wait_for(WAIT, || {
         let s: Value = serde_json::from_str(&tb.guard_ok(&["status", "--json"])).ok()?;
         let web = s["services"][0].clone();

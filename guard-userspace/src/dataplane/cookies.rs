@@ -179,11 +179,6 @@ pub fn attach_tc_on(ebpf: &mut Ebpf, iface: &str, ifindex: u32, dir: &Path) -> R
     Ok(())
 }
 
-/// The interfaces whose TC stage links are pinned under `dir`.
-pub fn tc_interfaces(dir: &Path) -> Vec<String> {
-    link_pins(dir).into_iter().map(|(i, _, _)| i).collect()
-}
-
 /// The kernel's SYN-cookie switch (per network namespace). The kernel takes the connection the
 /// TC stage hands over only when it is 1 or 2 (`cookie_v4_check` returns at once on 0).
 pub const SYNCOOKIES_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_syncookies";

@@ -6,13 +6,17 @@ use std::{
     ffi::CString,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use super::netns::sh;
+use super::netns::{in_netns, sh};
 
 /// The MAC address of `dev` in namespace `ns`.
 pub fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
@@ -78,4 +82,51 @@ pub fn flood(
         }
     }
     n
+}
+
+/// [`flood`] on a thread of its own in namespace `ns`: returns the thread (its result is the
+/// packets sent) and the running count.
+pub fn spawn_flood(
+    ns: &str,
+    dev: &str,
+    frames: Vec<Vec<u8>>,
+    pps: u64,
+    stop: &Arc<AtomicBool>,
+    max_packets: u64,
+    max_time: Duration,
+) -> (JoinHandle<u64>, Arc<AtomicU64>) {
+    let sent = Arc::new(AtomicU64::new(0));
+    let (stop, count) = (Arc::clone(stop), Arc::clone(&sent));
+    let (ns, dev) = (ns.to_string(), dev.to_string());
+    let thread = std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            flood(&dev, &frames, pps, &stop, &count, max_packets, max_time)
+        })
+    });
+    (thread, sent)
+}
+
+/// Sets `stop` when dropped, so a failing test's threads end with it.
+pub struct StopOnDrop(pub Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Turns reverse-path filtering off in `ns` (all, default and `dev`): a spoofed flood's
+/// sources have no route back, and the test is of the guard, not of rp_filter.
+pub fn no_rp_filter(ns: &str, dev: &str) {
+    for conf in ["all", "default", dev] {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{conf}.rp_filter=0"),
+        ]);
+    }
 }
