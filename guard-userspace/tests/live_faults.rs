@@ -200,6 +200,7 @@ fn an_interface_deleted_and_made_anew_is_attached_again_and_drops_a_denied_sourc
     assert_eq!(b.arrivals(100), 0, "denied");
     let before = b.json(&["status"])["attachments"][0].clone();
 
+    let tc_before = guard_tc_links();
     // The veth pair deleted and made anew under the same names (a new ifindex).
     sh(&["ip", "-n", &b.srv, "link", "del", &b.iface]);
     sh(&[
@@ -246,6 +247,13 @@ fn an_interface_deleted_and_made_anew_is_attached_again_and_drops_a_denied_sourc
         b.tb.logs()
     );
     eprintln!("re-attached after {:?}", t.elapsed());
+    // The SYN cookies' TC stage followed it onto the new interface: a tcx link of guard_tc
+    // that was not there before (this kernel has the cookie helpers, so the daemon made one).
+    let tc_after = guard_tc_links();
+    assert!(
+        tc_after.difference(&tc_before).next().is_some(),
+        "no new guard_tc link after the re-attach: before {tc_before:?}, after {tc_after:?}"
+    );
     // No ping to resolve the neighbours: the guard drops it. The first datagrams do (ARP
     // passes), and the count is of the ones after.
     b.arrivals(20);
@@ -332,4 +340,25 @@ fn a_check_that_stops_answering_turns_failed_after_a_few_intervals_not_after_its
     .unwrap_or_else(|| panic!("the check still passes 12 s after it stopped answering"));
     assert!(h.to_string().contains("no result for"), "{h}");
     eprintln!("failed after {:?}: {}", t.elapsed(), h["reason"]);
+}
+
+/// The ids of the tcx links (bpftool 7.1 calls the type 11) whose program is guard_tc.
+fn guard_tc_links() -> std::collections::HashSet<u64> {
+    let json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_slice(&support::netns::sh(args).stdout).unwrap_or_default()
+    };
+    let links = json(&["bpftool", "-j", "link", "show"]);
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["type"] == "tcx" || l["type"] == 11)
+        .filter(|l| {
+            l["prog_id"].as_u64().is_some_and(|id| {
+                json(&["bpftool", "-j", "prog", "show", "id", &id.to_string()])["name"]
+                    == "guard_tc"
+            })
+        })
+        .filter_map(|l| l["id"].as_u64())
+        .collect()
 }
