@@ -70,6 +70,9 @@ pub mod map_names {
     pub const NEXT_PROGS: &str = "GUARD_NEXT";
     /// The programs the object holds besides `PROGRAM_NAME`.
     pub const COOKIE_PROGRAM: &str = "guard_cookie";
+    /// The guard as a component of libxdp's dispatcher: the same pipeline without tail calls,
+    /// loaded as an freplace extension of a dispatcher slot.
+    pub const EXT_PROGRAM: &str = "guard_ext";
     /// The TC ingress program that hands a cookie-validated ACK to the listener.
     pub const TC_PROGRAM: &str = "guard_tc";
 

@@ -85,30 +85,50 @@ pub mod program {
 
     #[xdp]
     pub fn guard(ctx: XdpContext) -> u32 {
+        run::<true>(&ctx)
+    }
+
+    /// The guard as a component of libxdp's multi-program dispatcher (`[datapath] attach =
+    /// "dispatcher"`), loaded as an freplace extension of one of the dispatcher's slots. The
+    /// same pipeline without tail calls: the dispatcher runs the next program itself (for what
+    /// this one passes), and a tail call from an extension is refused by Linux 6.12+ in
+    /// libxdp's stock slots. So no SYN-cookie stage here: cookie services pass their SYNs to
+    /// the kernel (the daemon never sets their flag in this mode).
+    #[xdp]
+    pub fn guard_ext(ctx: XdpContext) -> u32 {
+        run::<false>(&ctx)
+    }
+
+    /// The pipeline; `TAILS`: may tail-call (the cookie stage, the next program).
+    #[inline(always)]
+    fn run<const TAILS: bool>(ctx: &XdpContext) -> u32 {
         let len = (ctx.data_end() - ctx.data()) as u64;
         let cfg = config();
-        let mut why = judge(&ctx, cfg, len);
+        let mut why = judge(ctx, cfg, len);
         if why == COOKIE_SYN || why == COOKIE_ACK {
             if cfg.flags & FLAG_DRY_RUN == 0 {
-                // The cookie stage counts its own verdict; it returns only if it is missing
-                // (the kernel lacks the helpers), and then the packet goes to the kernel.
-                // SAFETY: a tail call with this program's own context.
-                unsafe { COOKIE_PROGS.tail_call(&ctx, 0) };
+                if TAILS {
+                    // The cookie stage counts its own verdict; it returns only if it is
+                    // missing (the kernel lacks the helpers), and then the packet goes to
+                    // the kernel.
+                    // SAFETY: a tail call with this program's own context.
+                    unsafe { COOKIE_PROGS.tail_call(ctx, 0) };
+                }
                 why = reason::PASSED;
             } else if why == COOKIE_SYN {
                 // Dry-run: counted as a cookie (and would-drop: it would not reach the
                 // stack), and passed.
-                return record_dry_cookie(&ctx, cfg, len);
+                return record_dry_cookie::<TAILS>(ctx, cfg, len);
             } else {
                 why = reason::PASSED;
             }
         }
-        record(&ctx, cfg, why, len)
+        record::<TAILS>(ctx, cfg, why, len)
     }
 
     /// Counts a SYN that would have been answered with a cookie, in dry-run.
     #[inline(always)]
-    fn record_dry_cookie(ctx: &XdpContext, cfg: &Config, len: u64) -> u32 {
+    fn record_dry_cookie<const TAILS: bool>(ctx: &XdpContext, cfg: &Config, len: u64) -> u32 {
         let slot = (ctx.ingress_ifindex() as u32) % capacity::STATS_SLOTS;
         if let Some(c) = STATS.get_ptr_mut(slot) {
             // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
@@ -118,14 +138,14 @@ pub mod program {
                 c.bytes[why] += len;
             }
         }
-        pass(ctx, cfg)
+        pass::<TAILS>(ctx, cfg)
     }
 
     /// Hands a packet the guard passes on: to the operator's next program if one is set
     /// (`NEXT_PROGS`, a tail call that does not return), else to the kernel.
     #[inline(always)]
-    fn pass(ctx: &XdpContext, cfg: &Config) -> u32 {
-        if cfg.flags & FLAG_NEXT != 0 {
+    fn pass<const TAILS: bool>(ctx: &XdpContext, cfg: &Config) -> u32 {
+        if TAILS && cfg.flags & FLAG_NEXT != 0 {
             // SAFETY: a tail call with this program's own context; it returns only if the
             // slot is empty (or the chain of tail calls is at its limit), and then the kernel
             // has it.
@@ -145,7 +165,7 @@ pub mod program {
 
     /// The one exit: counts the verdict per interface and CPU, and turns it into an action.
     #[inline(always)]
-    fn record(ctx: &XdpContext, cfg: &Config, why: usize, len: u64) -> u32 {
+    fn record<const TAILS: bool>(ctx: &XdpContext, cfg: &Config, why: usize, len: u64) -> u32 {
         let drop = reason::drops(why);
         let dry_run = cfg.flags & FLAG_DRY_RUN != 0;
         let slot = (ctx.ingress_ifindex() as u32) % capacity::STATS_SLOTS;
@@ -164,7 +184,7 @@ pub mod program {
         if drop && !dry_run {
             xdp_action::XDP_DROP
         } else {
-            pass(ctx, cfg)
+            pass::<TAILS>(ctx, cfg)
         }
     }
 

@@ -18,7 +18,7 @@ use guard::{
     cidr::Cidr,
     datapath::{Datapath, List},
     dataplane::link,
-    ebpf::{self, AttachMode, ChainSlot, Loaded, StartOptions},
+    ebpf::{self, AttachMode, ChainSlot, Loaded, Placement, StartOptions},
 };
 use guard_common::{ListEntry, reason};
 use support::netns::{
@@ -164,6 +164,8 @@ fn start_in(
     let opts = StartOptions {
         interfaces,
         mode: AttachMode::Generic,
+        placement: Placement::Direct,
+        priority: 5,
         pin_dir: b.tb.pin_dir.clone(),
         chain,
         next,

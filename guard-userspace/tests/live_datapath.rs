@@ -7,7 +7,7 @@ use std::time::Duration;
 use guard::{
     cidr::Cidr,
     datapath::{Datapath, List},
-    ebpf::{self, AttachMode, Loaded, StartOptions},
+    ebpf::{self, AttachMode, Loaded, Placement, StartOptions},
 };
 use guard_common::{ListEntry, reason};
 use support::netns::{
@@ -50,6 +50,8 @@ fn start_in(b: &Bed, mode: AttachMode) -> Loaded {
     let opts = StartOptions {
         interfaces: b.ifaces.clone(),
         mode,
+        placement: Placement::Direct,
+        priority: 5,
         pin_dir: b.tb.pin_dir.clone(),
         chain: None,
         next: None,
@@ -223,6 +225,8 @@ fn attaching_to_a_missing_interface_is_a_clear_error() {
     let opts = StartOptions {
         interfaces: vec!["gnone0".into()],
         mode: AttachMode::Auto,
+        placement: Placement::Direct,
+        priority: 5,
         pin_dir: b.tb.pin_dir.clone(),
         chain: None,
         next: None,

@@ -174,6 +174,10 @@ pub struct DatapathSettings {
     /// Empty: the default-route interfaces (see [`default_route_interfaces`]).
     pub interfaces: Vec<String>,
     pub mode: AttachMode,
+    /// Directly, or as a component of libxdp's dispatcher.
+    pub attach: crate::dataplane::Placement,
+    /// The run priority in libxdp's dispatcher (lower runs first).
+    pub priority: u32,
     pub dry_run: bool,
     pub pin_dir: PathBuf,
     /// Chain mode: the program goes into this slot of another program's array, onto no

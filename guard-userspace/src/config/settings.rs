@@ -10,6 +10,8 @@ impl Settings {
             datapath: DatapathSettings {
                 interfaces: Vec::new(),
                 mode: AttachMode::Auto,
+                attach: crate::dataplane::Placement::Auto,
+                priority: crate::dataplane::dispatcher::DEFAULT_PRIORITY,
                 dry_run: false,
                 pin_dir: PathBuf::from("/sys/fs/bpf/guard"),
                 chain: None,
@@ -120,6 +122,8 @@ impl Settings {
         let RawDatapath {
             interfaces,
             mode,
+            attach,
+            priority,
             dry_run,
             pin_dir,
             chain,
@@ -145,6 +149,19 @@ impl Settings {
         if let Some(mode) = mode {
             out.datapath.mode = mode.into_inner();
         }
+        let attach_span = attach.as_ref().map(|a| a.span());
+        if let Some(attach) = attach {
+            out.datapath.attach = attach.into_inner();
+        }
+        let mut p = u64::from(out.datapath.priority);
+        v.set(
+            &mut p,
+            priority,
+            "datapath.priority",
+            0,
+            u64::from(u32::MAX),
+        )?;
+        out.datapath.priority = p as u32;
         if let Some(dry_run) = dry_run {
             out.datapath.dry_run = dry_run;
         }
@@ -178,6 +195,29 @@ impl Settings {
         }
         if let Some(next) = next {
             out.datapath.next = Some(v.path(next, "datapath.next", true)?);
+        }
+        if let Some(span) = &attach_span
+            && out.datapath.attach == crate::dataplane::Placement::Dispatcher
+        {
+            let clash = if out.datapath.chain.is_some() {
+                Some(
+                    "not with datapath.chain: in chain mode the guard is in a program array, not on an interface (remove one of the two)",
+                )
+            } else if out.datapath.next.is_some() {
+                Some(
+                    "not with datapath.next: in libxdp's dispatcher the dispatcher runs the programs after the guard (give them a higher priority), and `next` is for a guard that is the root",
+                )
+            } else {
+                None
+            };
+            if let Some(why) = clash {
+                return Err(v.invalid(
+                    span,
+                    "datapath.attach",
+                    "\"dispatcher\"".to_string(),
+                    why.to_string(),
+                ));
+            }
         }
 
         let RawLimits {
@@ -395,6 +435,8 @@ impl Settings {
                 DatapathSettings {
                     interfaces,
                     mode,
+                    attach,
+                    priority,
                     dry_run: _,
                     pin_dir,
                     chain,
@@ -427,6 +469,12 @@ impl Settings {
         }
         if *mode != new.datapath.mode {
             out.push("datapath.mode");
+        }
+        if *attach != new.datapath.attach {
+            out.push("datapath.attach");
+        }
+        if *priority != new.datapath.priority {
+            out.push("datapath.priority");
         }
         if *pin_dir != new.datapath.pin_dir {
             out.push("datapath.pin_dir");

@@ -120,6 +120,8 @@ pub fn run(opts: RunOptions) -> Result<(), DaemonError> {
     } = dataplane::start(&StartOptions {
         interfaces,
         mode: settings.datapath.mode,
+        placement: settings.datapath.attach,
+        priority: settings.datapath.priority,
         pin_dir: settings.datapath.pin_dir.clone(),
         chain: settings.datapath.chain.clone(),
         next: settings.datapath.next.clone(),

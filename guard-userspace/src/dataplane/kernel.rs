@@ -83,6 +83,8 @@ pub struct KernelDatapath {
     pub(super) cookies: Result<(), String>,
     /// Whether the TC stage is attached to every interface (and why not).
     pub(super) tc: Result<(), String>,
+    /// The run priority in libxdp's dispatcher, for a re-attach.
+    pub(super) priority: u32,
     /// Whether `GUARD_NEXT` holds a next program (`FLAG_NEXT`).
     pub(super) next: bool,
     /// The pin directory root `start` used (`None`: loaded without pins).
@@ -184,6 +186,7 @@ impl KernelDatapath {
             cpus: cpus.max(1),
             cookies: Err("not loaded".to_string()),
             tc: Err("the TC stage is not attached (not started)".to_string()),
+            priority: super::dispatcher::DEFAULT_PRIORITY,
             pin_root: None,
             next: false,
             walk_calls: std::sync::atomic::AtomicU64::new(0),

@@ -65,6 +65,11 @@ pub fn check(pin_dir: &Path, iface: &str) -> LinkState {
             versioned_dir(pin_dir).join("links").display()
         ));
     };
+    if crate::dataplane::parse_link_pin_name(&pin.file_name().unwrap_or_default().to_string_lossy())
+        .is_some_and(|(_, mode)| mode == super::component::MODE)
+    {
+        return super::component::check(pin_dir, iface, &pin);
+    }
     let Some(ifindex) = if_index(iface) else {
         return LinkState::no(format!("interface {iface} does not exist"));
     };

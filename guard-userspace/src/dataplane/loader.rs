@@ -20,7 +20,25 @@ use guard_common::{
     Service, ServiceStats, SourceState, capacity, map_names,
 };
 
-use super::{KernelDatapath, kernel::*, pins::*, types::*};
+use super::{KernelDatapath, component, kernel::*, pins::*, types::*};
+
+/// Whether `iface` (index `ifindex`) gets the guard through libxdp's dispatcher: as asked, or
+/// for `auto` the way a previous run attached it (`previous`: its pin's mode), else into the
+/// dispatcher the interface runs, else directly (where an interface running another program
+/// is refused).
+fn through_dispatcher(placement: Placement, previous: Option<&str>, ifindex: u32) -> bool {
+    match placement {
+        Placement::Direct => false,
+        Placement::Dispatcher => true,
+        Placement::Auto => match previous {
+            Some(mode) => mode == component::MODE,
+            None => matches!(
+                super::dispatcher::read(ifindex),
+                Ok(super::dispatcher::OnIface::Dispatcher(_))
+            ),
+        },
+    }
+}
 
 /// The compiled guard-ebpf object, embedded at build time (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard.bpf.o"));
@@ -180,6 +198,8 @@ pub fn load(pin_dir: Option<&Path>) -> Result<KernelDatapath, LoadError> {
     // the object has no such global.
     let level = super::events::ebpf_log_level();
     loader.override_global(aya_log::LEVEL, &level, false);
+    // The dispatcher component: an freplace program, loaded only in dispatcher mode.
+    loader.extension(guard_common::map_names::EXT_PROGRAM);
     let (object, kfunc) = super::cookies::patch_kfunc(OBJECT);
     let mut ebpf = loader.load(&object).map_err(LoadError::Load)?;
     let program: &mut Xdp = ebpf
@@ -257,12 +277,42 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
     } else {
         &opts.interfaces
     };
+    datapath.priority = opts.priority;
     for iface in interfaces {
         let ifindex = if_index(iface).ok_or_else(|| LoadError::NoInterface {
             iface: iface.clone(),
         })?;
+        let previous = pinned.iter().find(|(i, _, _)| i == iface);
+        let was_component = previous.is_some_and(|(_, m, _)| m == component::MODE);
+        if through_dispatcher(
+            opts.placement,
+            previous.map(|(_, m, _)| m.as_str()),
+            ifindex,
+        ) {
+            if let Some((_, mode, path)) = previous
+                && mode != component::MODE
+            {
+                tracing::warn!(
+                    "{iface}: moving from its own link into libxdp's dispatcher; the interface is unguarded for the moment in between"
+                );
+                fs::remove_file(path).map_err(io_err("remove", path))?;
+            }
+            attachments.push(component::join(
+                &mut datapath,
+                &dir,
+                iface,
+                ifindex,
+                opts.mode,
+                opts.priority,
+            )?);
+            continue;
+        }
+        if let Some((_, _, path)) = previous.filter(|_| was_component) {
+            tracing::info!("{iface}: leaving libxdp's dispatcher to attach directly");
+            component::leave(&dir, iface, path)?;
+        }
         let program = datapath.program_mut()?;
-        if let Some((_, mode, path)) = pinned.iter().find(|(i, _, _)| i == iface) {
+        if let Some((_, mode, path)) = previous.filter(|_| !was_component) {
             // Adopt only a link still on this interface (not one severed by the interface
             // going away and coming back under the same name) in the mode asked for.
             let on_iface =
@@ -315,11 +365,20 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
     datapath.pin_root = Some(opts.pin_dir.clone());
     // The SYN cookies' TC stage, wherever the XDP program is.
     let tc_dir = dir.join("tc");
+    let components: Vec<&str> = attachments
+        .iter()
+        .filter(|a| a.mode == component::MODE)
+        .map(|a| a.iface.as_str())
+        .collect();
     datapath.tc = match &datapath.cookies {
         // The root program's interfaces are not ours to know.
         Ok(()) if opts.chain.is_some() => {
             Err("in chain mode the guard knows no interface to attach its TC stage to".to_string())
         }
+        Ok(()) if !components.is_empty() => Err(format!(
+            "the guard is in libxdp's dispatcher on {}, where it cannot tail-call its cookie stage",
+            components.join(", ")
+        )),
         Ok(()) => {
             let ifaces: Vec<(String, u32)> = attachments
                 .iter()
@@ -335,10 +394,14 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
         tracing::warn!("SYN cookies at the NIC are off: {why}");
     }
     // Interfaces a previous run attached to but that are no longer configured.
-    for (iface, _, path) in &pinned {
+    for (iface, mode, path) in &pinned {
         if !interfaces.contains(iface) {
             tracing::info!("{iface}: no longer configured; detaching");
-            fs::remove_file(path).map_err(io_err("remove", path))?;
+            if mode == component::MODE {
+                component::leave(&dir, iface, path)?;
+            } else {
+                fs::remove_file(path).map_err(io_err("remove", path))?;
+            }
         }
     }
     Ok(Loaded {
@@ -454,10 +517,27 @@ pub(super) fn reattach(
         iface: iface.to_string(),
     })?;
     let links_dir = versioned_dir(pin_dir).join("links");
-    for (i, _, path) in link_pins(&links_dir) {
+    let mut was_component = false;
+    for (i, m, path) in link_pins(&links_dir) {
         if i == iface {
-            fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            was_component |= m == component::MODE;
+            if m != component::MODE {
+                fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            }
         }
+    }
+    if was_component {
+        // Back into a dispatcher (the old one went with the old interface).
+        let priority = datapath.priority;
+        let a = component::join(
+            datapath,
+            &versioned_dir(pin_dir),
+            iface,
+            ifindex,
+            mode,
+            priority,
+        )?;
+        return Ok((a.ifindex, component::MODE));
     }
     let label = attach_fresh(datapath.program_mut()?, iface, mode, &links_dir)?;
     // The SYN cookies' TC stage follows the XDP program onto the new interface; where it
@@ -509,8 +589,12 @@ pub(super) fn migrate_older_layouts(
 
 pub(super) fn remove_pins(dir: &Path) -> Result<Vec<String>, LoadError> {
     let mut detached = Vec::new();
-    for (iface, _, path) in link_pins(&dir.join("links")) {
-        fs::remove_file(&path).map_err(io_err("remove", &path))?;
+    for (iface, mode, path) in link_pins(&dir.join("links")) {
+        if mode == component::MODE {
+            component::leave(dir, &iface, &path)?;
+        } else {
+            fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        }
         detached.push(iface);
     }
     // Chain slots: cleared only where they still hold our program.

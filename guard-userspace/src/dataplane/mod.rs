@@ -1,11 +1,14 @@
 //! Kernel access behind a small trait, so the control plane (lists, TTLs, bans, health) can be
 //! tested without a kernel. `crate::dataplane::KernelDatapath` is the real one.
 pub mod chain;
+mod component;
 pub mod cookies;
+pub mod dispatcher;
 pub mod events;
 mod kernel;
 pub mod link;
 mod loader;
+pub mod netlink;
 mod occupant;
 
 mod pindir;
@@ -19,7 +22,7 @@ pub use loader::{BPFFS, detach, ensure_bpffs, load, start};
 pub use pindir::{BpffsScope, PinDirLock, bpffs_scope, lock_pin_dir};
 pub use pins::{link_pin_name, link_pins, parse_link_pin_name, versioned_dir};
 pub use testrun::CpuRun;
-pub use types::{AttachMode, Attachment, ChainSlot, LoadError, Loaded, StartOptions};
+pub use types::{AttachMode, Attachment, ChainSlot, LoadError, Loaded, Placement, StartOptions};
 
 use guard_common::{
     Ban, Config, Counters, Known, ListEntry, Service, ServiceStats, SourceKey, SourceState,

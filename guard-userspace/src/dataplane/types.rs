@@ -15,6 +15,20 @@ pub enum AttachMode {
     Generic,
 }
 
+/// Where on an interface the program goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Directly where the interface runs no XDP program; into libxdp's dispatcher where it
+    /// runs one; refused where it runs another program.
+    Auto,
+    /// Directly (the guard's own pinned link), never beside another program.
+    Direct,
+    /// Always as a component of libxdp's dispatcher (building one where there is none), so
+    /// that libxdp's tools can add programs beside the guard later.
+    Dispatcher,
+}
+
 /// A slot of a program array another XDP program tail-calls (`[datapath] chain`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChainSlot {
@@ -27,6 +41,10 @@ pub struct StartOptions {
     /// Interfaces to attach to; ignored (none is attached) when `chain` is set.
     pub interfaces: Vec<String>,
     pub mode: AttachMode,
+    /// Directly or through libxdp's dispatcher.
+    pub placement: Placement,
+    /// The guard's run priority in a dispatcher (lower runs first).
+    pub priority: u32,
     /// Pin directory root, e.g. /sys/fs/bpf/guard; state lives in its `v<LAYOUT_VERSION>/`.
     pub pin_dir: PathBuf,
     /// Chain mode: the program goes into this slot instead of onto interfaces.
@@ -41,7 +59,8 @@ pub struct Attachment {
     /// The interface, or in chain mode the slot (`chain:<array>[<index>]`, ifindex 0).
     pub iface: String,
     pub ifindex: u32,
-    /// "native", "generic" or "chain".
+    /// "native", "generic" (attached directly), "dispatcher" (a component of libxdp's
+    /// dispatcher) or "chain".
     pub mode: String,
     /// True if the attachment was adopted from a previous run's pins (and its program
     /// replaced in place, with no gap in protection).
@@ -91,13 +110,17 @@ pub enum LoadError {
     #[error("{0}")]
     Link(String),
     #[error(
-        "{iface} already runs an XDP program: {program} (id {id}). The guard does not replace it. Put the guard into the program array that program tail-calls ([datapath] chain = {{ prog_array = \"/sys/fs/bpf/...\", index = N }}, for a katran-style root), or detach that program first; libxdp's dispatcher (xdp-loader, xdp-filter) is not supported yet"
+        "{iface} already runs an XDP program: {program} (id {id}). The guard does not replace it. Put the guard into the program array that program tail-calls ([datapath] chain = {{ prog_array = \"/sys/fs/bpf/...\", index = N }}, for a katran-style root), load that program through libxdp's dispatcher (xdp-loader) so the guard can join it, or detach it first"
     )]
     Occupied {
         iface: String,
         id: u32,
         program: String,
     },
+    #[error(
+        "{iface}: cannot put the guard into libxdp's dispatcher: {why}. Set [datapath] attach = \"direct\" where the interface runs nothing else"
+    )]
+    Dispatcher { iface: String, why: String },
     #[error("the next program {}", path.display())]
     Next {
         path: PathBuf,
