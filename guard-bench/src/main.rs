@@ -9,6 +9,7 @@ mod daemon;
 mod fleet;
 mod flood;
 mod floor;
+mod multiprog;
 mod netns;
 mod packet;
 mod report;
@@ -30,6 +31,8 @@ enum Part {
     Control,
     /// Ban propagation across a fleet (a real nats-server -js and two daemons).
     Fleet,
+    /// Directly against through libxdp's dispatcher (needs a kernel that loads freplace).
+    Dispatcher,
 }
 
 #[derive(Parser)]
@@ -58,9 +61,17 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "cost,flood,control,fleet"
+        default_value = "cost,flood,control,fleet,dispatcher"
     )]
     only: Vec<Part>,
+    /// Write only the sections measured (no machine header) to this file, for another run's
+    /// `--include-section` (`cargo xtask bench` measures the dispatcher in its VM so).
+    #[arg(long)]
+    section_out: Option<PathBuf>,
+    /// A section measured elsewhere (`--section-out`), put in place of this run's own
+    /// dispatcher section.
+    #[arg(long)]
+    include_section: Option<PathBuf>,
     /// Where to write the report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
@@ -127,11 +138,33 @@ fn run(args: Args) -> Result<bool> {
     if args.only.contains(&Part::Fleet) && signal::check().is_ok() {
         sections.push(fleet::run(args.guard_bin.as_deref()));
     }
+    if args.only.contains(&Part::Dispatcher) && signal::check().is_ok() {
+        let section = match &args.include_section {
+            Some(path) => {
+                let text =
+                    fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+                let mut s = Section::new("", "");
+                s.verbatim = Some(text);
+                s
+            }
+            None => multiprog::run(&multiprog::Options {
+                repeat: args.repeat.min(1_000_000),
+                rounds: args.rounds,
+            }),
+        };
+        sections.push(section);
+    }
     let ok = sections.iter().all(|s| s.failure.is_none());
     for s in &sections {
         if let Some(f) = &s.failure {
             eprintln!("guard-bench: {}: not measured: {f}", s.title);
         }
+    }
+    if let Some(path) = &args.section_out {
+        let text: String = sections.iter().map(Section::markdown).collect();
+        fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+        eprintln!("guard-bench: wrote {}", path.display());
+        return Ok(ok);
     }
     let text = document(&machine, &sections, started.elapsed().as_secs());
     fs::write(&args.out, text).with_context(|| format!("write {}", args.out.display()))?;

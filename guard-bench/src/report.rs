@@ -70,6 +70,8 @@ pub struct Section {
     pub intro: String,
     pub tables: Vec<Table>,
     pub failure: Option<String>,
+    /// A section rendered elsewhere (another run's `--section-out`), printed as it is.
+    pub verbatim: Option<String>,
 }
 
 impl Section {
@@ -79,10 +81,14 @@ impl Section {
             intro: intro.to_owned(),
             tables: Vec::new(),
             failure: None,
+            verbatim: None,
         }
     }
 
     pub fn markdown(&self) -> String {
+        if let Some(text) = &self.verbatim {
+            return text.clone();
+        }
         let mut out = format!("## {}\n\n{}\n\n", self.title, self.intro.trim());
         for t in &self.tables {
             out += &t.markdown();

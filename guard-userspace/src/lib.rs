@@ -28,8 +28,8 @@ pub use control::attack;
 pub mod ebpf {
     pub use crate::dataplane::{
         AttachMode, Attachment, BPFFS, ChainSlot, CpuRun, KernelDatapath, LoadError, Loaded,
-        Placement, StartOptions, chain, detach, dispatcher, ensure_bpffs, link_pin_name, link_pins,
-        load, netlink, parse_link_pin_name, start, versioned_dir,
+        Placement, StartOptions, chain, detach, dispatcher, dispatcher_support, ensure_bpffs,
+        link_pin_name, link_pins, load, netlink, parse_link_pin_name, start, versioned_dir,
     };
 }
 

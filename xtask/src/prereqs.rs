@@ -26,7 +26,7 @@ const BPF_LINKER_DEBS: &[&str] = &[
 /// Debian packages the tests need at run time (`ip`, `bpftool`, ...): extend here. HAProxy
 /// (2.6 on Debian 12) is the real load balancer of the health tests; `prometheus` brings
 /// `promtool`, which checks the live daemon's /metrics; `nats-server` (2.9, run with -js) is
-/// the fleet tests' JetStream KV.
+/// the fleet tests' JetStream KV; `xdp-tools` the programs the guard runs beside.
 pub const TEST_DEBS: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -35,6 +35,9 @@ pub const TEST_DEBS: &[&str] = &[
     "haproxy",
     "prometheus",
     "nats-server",
+    // xdp-filter and xdp-loader (libxdp and its dispatcher object): live_cookies and
+    // live_dispatcher.
+    "xdp-tools",
 ];
 
 /// Everything `cargo +nightly build -p guard-ebpf` needs: rust-src, bpf-linker, matching LLVMs.

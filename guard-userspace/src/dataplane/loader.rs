@@ -218,6 +218,22 @@ pub fn load(pin_dir: Option<&Path>) -> Result<KernelDatapath, LoadError> {
     Ok(dp)
 }
 
+/// Whether this kernel can run the guard in libxdp's dispatcher: loads the program (unpinned)
+/// and its dispatcher component against a dispatcher, attaching nothing.
+///
+/// # Errors
+/// Why not: no dispatcher object installed, or the kernel refuses freplace programs.
+pub fn dispatcher_support() -> Result<(), String> {
+    let mut datapath = load(None).map_err(|e| crate::rpc::error_chain(&e))?;
+    let ext: &mut aya::programs::Extension = datapath
+        .ebpf
+        .program_mut(guard_common::map_names::EXT_PROGRAM)
+        .ok_or_else(|| format!("the object has no {}", guard_common::map_names::EXT_PROGRAM))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    super::dispatcher::probe(ext)
+}
+
 /// Loads (or adopts) the program and maps and attaches to every interface.
 ///
 /// Pinned state of a previous run is adopted when its layout matches: the maps (lists, bans,

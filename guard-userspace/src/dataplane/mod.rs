@@ -18,7 +18,7 @@ mod testrun;
 mod types;
 
 pub use kernel::KernelDatapath;
-pub use loader::{BPFFS, detach, ensure_bpffs, load, start};
+pub use loader::{BPFFS, detach, dispatcher_support, ensure_bpffs, load, start};
 pub use pindir::{BpffsScope, PinDirLock, bpffs_scope, lock_pin_dir};
 pub use pins::{link_pin_name, link_pins, parse_link_pin_name, versioned_dir};
 pub use testrun::CpuRun;
