@@ -96,7 +96,7 @@ pub(super) struct RawPrefixes {
 pub(super) struct RawDatapath {
     pub(super) interfaces: Option<Vec<Spanned<String>>>,
     pub(super) mode: Option<Spanned<AttachMode>>,
-    pub(super) attach: Option<Spanned<crate::dataplane::Placement>>,
+    pub(super) attach: Option<Spanned<String>>,
     pub(super) priority: Option<Spanned<i64>>,
     pub(super) dry_run: Option<bool>,
     pub(super) pin_dir: Option<Spanned<String>>,

@@ -151,7 +151,21 @@ impl Settings {
         }
         let attach_span = attach.as_ref().map(|a| a.span());
         if let Some(attach) = attach {
-            out.datapath.attach = attach.into_inner();
+            use crate::dataplane::Placement;
+            let span = attach.span();
+            out.datapath.attach = match attach.into_inner().as_str() {
+                "auto" => Placement::Auto,
+                "direct" => Placement::Direct,
+                "dispatcher" => Placement::Dispatcher,
+                other => {
+                    return Err(v.invalid(
+                        &span,
+                        "datapath.attach",
+                        format!("{other:?}"),
+                        "\"auto\" (directly, or into libxdp's dispatcher where the interface runs one), \"direct\" or \"dispatcher\"".to_string(),
+                    ));
+                }
+            };
         }
         let mut p = u64::from(out.datapath.priority);
         v.set(

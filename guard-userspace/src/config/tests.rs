@@ -755,3 +755,38 @@ fn chain_and_next_are_read_and_a_chain_beside_interfaces_is_refused() {
         .to_string();
     assert!(e.contains("datapath.next"), "{e}");
 }
+
+#[test]
+fn attach_and_priority_are_read_and_a_dispatcher_beside_next_or_chain_is_refused() {
+    use crate::dataplane::Placement;
+    let s = parse("[datapath]\nattach = \"dispatcher\"\npriority = 20\n").unwrap();
+    assert_eq!(s.datapath.attach, Placement::Dispatcher);
+    assert_eq!(s.datapath.priority, 20);
+    let s = parse("[datapath]\nattach = \"direct\"\n").unwrap();
+    assert_eq!(s.datapath.attach, Placement::Direct);
+    assert_eq!(parse("").unwrap().datapath.attach, Placement::Auto);
+    let e = parse("[datapath]\nattach = \"libxdp\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("attach") && e.contains("dispatcher") && e.contains("direct"),
+        "names the field and what is accepted: {e}"
+    );
+    let e = parse("[datapath]\npriority = -1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("datapath.priority"), "{e}");
+    let e = parse("[datapath]\nattach = \"dispatcher\"\nnext = \"/sys/fs/bpf/lb\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("datapath.attach") && e.contains("datapath.next") && e.contains("line 2"),
+        "{e}"
+    );
+    let e = parse(
+        "[datapath]\nattach = \"dispatcher\"\nchain = { prog_array = \"/sys/fs/bpf/r\", index = 0 }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("datapath.chain"), "{e}");
+}
