@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cmd, prereqs, run, run_status};
+use crate::{cmd, prereqs, run, run_status, vm};
 
 const BPF_TARGET: &str = "bpfel-unknown-none";
 /// What `cargo +nightly build|clippy` needs to build guard-ebpf for the BPF target.
@@ -67,6 +67,8 @@ pub fn test(skip_live: bool, extra: &[String]) -> Result<()> {
     prereqs::ensure_debs(&[prereqs::TEST_DEBS, &["tmux"]].concat())?;
     let object = ebpf_object()?;
     prereqs::ensure_bpffs()?;
+    // The tests this kernel cannot run (freplace, for libxdp's dispatcher) boot this VM.
+    let vm = vm::ensure_vm().context("the test VM is needed by the tests that run in it")?;
     let mut test = cargo(&["test", "--workspace", "--exclude", "guard-ebpf"]);
     test.args(extra)
         .env("GUARD_EBPF_OBJECT", &object)
@@ -78,6 +80,9 @@ pub fn test(skip_live: bool, extra: &[String]) -> Result<()> {
         // Tests fail rather than skip here when something they need is missing (root, the
         // object, haproxy): this is the suite CI trusts. Only --skip-live skips, as asked.
         .env("GUARD_TEST_KERNEL", "require")
+        .env("GUARD_VM_KERNEL", &vm.kernel)
+        .env("GUARD_VM_INITRD", &vm.initrd)
+        .env("GUARD_VM_ACCEL", &vm.accel)
         .stdout(Stdio::inherit());
     if skip_live {
         test.env_remove("GUARD_TEST_LIVE");
