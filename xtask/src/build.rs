@@ -67,8 +67,13 @@ pub fn test(skip_live: bool, extra: &[String]) -> Result<()> {
     prereqs::ensure_debs(&[prereqs::TEST_DEBS, &["tmux"]].concat())?;
     let object = ebpf_object()?;
     prereqs::ensure_bpffs()?;
-    // The tests this kernel cannot run (freplace, for libxdp's dispatcher) boot this VM.
-    let vm = vm::ensure_vm().context("the test VM is needed by the tests that run in it")?;
+    // The live tests this kernel cannot run (freplace, for libxdp's dispatcher) boot this VM;
+    // --skip-live skips them, and needs no VM.
+    let vm = if skip_live {
+        None
+    } else {
+        Some(vm::ensure_vm().context("the live tests that run in the test VM need it")?)
+    };
     let mut test = cargo(&["test", "--workspace", "--exclude", "guard-ebpf"]);
     test.args(extra)
         .env("GUARD_EBPF_OBJECT", &object)
@@ -80,10 +85,12 @@ pub fn test(skip_live: bool, extra: &[String]) -> Result<()> {
         // Tests fail rather than skip here when something they need is missing (root, the
         // object, haproxy): this is the suite CI trusts. Only --skip-live skips, as asked.
         .env("GUARD_TEST_KERNEL", "require")
-        .env("GUARD_VM_KERNEL", &vm.kernel)
-        .env("GUARD_VM_INITRD", &vm.initrd)
-        .env("GUARD_VM_ACCEL", &vm.accel)
         .stdout(Stdio::inherit());
+    if let Some(vm) = vm {
+        test.env("GUARD_VM_KERNEL", &vm.kernel)
+            .env("GUARD_VM_INITRD", &vm.initrd)
+            .env("GUARD_VM_ACCEL", &vm.accel);
+    }
     if skip_live {
         test.env_remove("GUARD_TEST_LIVE");
     } else {

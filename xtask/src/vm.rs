@@ -3,12 +3,12 @@
 //!
 //! The VM has no disk and no network device. Its initramfs holds busybox, the kernel modules
 //! below and [`INIT`]; it mounts the host's root filesystem read-only over virtio-9p and runs the
-//! command in a chroot of it, so the binaries under `target/` run where they are, uncopied.
+//! command with it as the root, so the binaries under `target/` run where they are, uncopied.
 //!
 //! One run, the contract that `guard-userspace/tests/support/vm.rs` follows too:
 //! - the host writes `cmd.sh` (exports, `cd`, the command line) into a fresh directory, shared
 //!   read-write with the tag `guardrun` and mounted at `/run/guard-vm` in the VM;
-//! - the init runs `/bin/sh /run/guard-vm/cmd.sh` in the chroot, its output on the serial
+//! - the init runs `/bin/sh /run/guard-vm/cmd.sh` in the host's root, its output on the serial
 //!   console (qemu's standard output), writes the exit code to `status` in that directory, prints
 //!   `GUARD-VM-EXIT <code>` and powers off.
 
@@ -46,7 +46,9 @@ const CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
 pub const EXIT_MARKER: &str = "GUARD-VM-EXIT ";
 
 /// /init of the initramfs (busybox sh). The host's /tmp, /run and /var/tmp are fresh tmpfs in
-/// the VM, and /proc, /sys, /dev and bpffs are the VM's own: only the files are shared.
+/// the VM, and /proc, /sys, /dev and bpffs are the VM's own: only the files are shared. It
+/// switches root (not chroot) to the host's files, so that pid 1 sees what the tests see: the
+/// daemon checks its bpffs pins through /proc/1/root.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -74,16 +76,22 @@ mount -t tracefs tracefs /host/sys/kernel/tracing
 for d in /host/tmp /host/run /host/var/tmp; do mount -t tmpfs tmp $d; done
 # Debian's /var/run is a link to /run; anything else gets its own tmpfs.
 [ -L /host/var/run ] || mount -t tmpfs run /host/var/run
-mkdir -p /host/run/guard-vm
+mkdir -p /host/run/guard-vm /host/run/guard-vm-init
 mount -t 9p -o $opts,cache=none guardrun /host/run/guard-vm || die "cannot mount the run share"
-echo
-echo "guard-vm: Linux $(uname -r), running /run/guard-vm/cmd.sh"
-chroot /host /bin/sh /run/guard-vm/cmd.sh
+# After the switch, busybox (for poweroff) and the rest of this script live in /run.
+cp /bin/busybox /host/run/guard-vm-init/busybox
+cat > /host/run/guard-vm-init/run <<'RUN'
+/bin/sh /run/guard-vm/cmd.sh
 rc=$?
-echo $rc > /host/run/guard-vm/status
+echo $rc > /run/guard-vm/status
 sync
 echo "GUARD-VM-EXIT $rc"
-poweroff -f
+/run/guard-vm-init/busybox poweroff -f
+RUN
+echo
+echo "guard-vm: Linux $(uname -r), running /run/guard-vm/cmd.sh"
+exec switch_root /host /bin/sh /run/guard-vm-init/run
+die "switch_root failed"
 "#;
 
 /// A kernel and an initramfs ready to boot.
@@ -537,7 +545,7 @@ fn qemu(vm: &Vm, share: &Path) -> Command {
 
 /// The script the VM runs: the environment, the directory, the command.
 fn cmd_script(argv: &[String], envs: &[(String, String)], cwd: &Path) -> String {
-    let mut s = String::from("# Written by cargo xtask vm: run in the test VM's chroot.\n");
+    let mut s = String::from("# Written by cargo xtask vm: run in the test VM.\n");
     for (k, v) in envs {
         if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             s += &format!("export {k}={}\n", sh_quote(v));
