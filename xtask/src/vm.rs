@@ -105,7 +105,10 @@ pub struct Vm {
 }
 
 /// The kernel, busybox and initramfs of the test VM, downloaded and built once into the cache
-/// (GUARD_VM_CACHE, default /var/cache/guard-vm) and reused after.
+/// (GUARD_VM_CACHE, default /var/cache/guard-vm) and reused after. The kernel is the package
+/// `linux-image-amd64` depends on, or GUARD_VM_KERNEL_PACKAGE (Debian 12's security archive
+/// also has `linux-image-6.12.<n>+deb12-amd64-unsigned`, for what 6.1 lacks: tcx, SYN cookies
+/// at the NIC).
 ///
 /// # Errors
 /// When the packages cannot be resolved or downloaded (no apt sources for Debian, no network),
@@ -113,10 +116,15 @@ pub struct Vm {
 pub fn ensure_vm() -> Result<Vm> {
     prereqs::ensure_debs(&["qemu-system-x86", "kmod", "gzip", "xz-utils", "zstd"])?;
     let cache = env::var_os("GUARD_VM_CACHE").map_or_else(|| DEFAULT_CACHE.into(), PathBuf::from);
-    let package = kernel_package()?;
+    let package = match env::var("GUARD_VM_KERNEL_PACKAGE") {
+        Ok(p) => p,
+        Err(_) => kernel_package()?,
+    };
+    // `linux-image-6.12.107+deb12-amd64-unsigned` boots Linux 6.12.107+deb12-amd64.
     let release = package
         .strip_prefix("linux-image-")
-        .with_context(|| format!("{KERNEL_METAPACKAGE} depends on {package}, not linux-image-*"))?
+        .map(|r| r.strip_suffix("-unsigned").unwrap_or(r))
+        .with_context(|| format!("the VM's kernel package is {package}, not linux-image-*"))?
         .to_owned();
     let dir = cache.join(&release);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -365,17 +365,16 @@ fn clean(line: &str) -> String {
     while let Some(c) = chars.next() {
         match c {
             '\r' => {}
-            '\u{1b}' => match chars.next() {
-                // CSI: parameters, then one final byte in @..~.
-                Some('[') => {
+            // CSI: parameters, then one final byte in @..~; any other escape is two chars.
+            '\u{1b}' => {
+                if chars.next() == Some('[') {
                     for c in chars.by_ref() {
                         if ('@'..='~').contains(&c) {
                             break;
                         }
                     }
                 }
-                _ => {}
-            },
+            }
             c => out.push(c),
         }
     }
