@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cmd, prereqs, run, run_status};
+use crate::{cmd, prereqs, run, run_status, vm};
 
 const BPF_TARGET: &str = "bpfel-unknown-none";
 /// What `cargo +nightly build|clippy` needs to build guard-ebpf for the BPF target.
@@ -67,6 +67,13 @@ pub fn test(skip_live: bool, extra: &[String]) -> Result<()> {
     prereqs::ensure_debs(&[prereqs::TEST_DEBS, &["tmux"]].concat())?;
     let object = ebpf_object()?;
     prereqs::ensure_bpffs()?;
+    // The live tests this kernel cannot run (freplace, for libxdp's dispatcher) boot this VM;
+    // --skip-live skips them, and needs no VM.
+    let vm = if skip_live {
+        None
+    } else {
+        Some(vm::ensure_vm().context("the live tests that run in the test VM need it")?)
+    };
     let mut test = cargo(&["test", "--workspace", "--exclude", "guard-ebpf"]);
     test.args(extra)
         .env("GUARD_EBPF_OBJECT", &object)
@@ -79,6 +86,11 @@ pub fn test(skip_live: bool, extra: &[String]) -> Result<()> {
         // object, haproxy): this is the suite CI trusts. Only --skip-live skips, as asked.
         .env("GUARD_TEST_KERNEL", "require")
         .stdout(Stdio::inherit());
+    if let Some(vm) = vm {
+        test.env("GUARD_VM_KERNEL", &vm.kernel)
+            .env("GUARD_VM_INITRD", &vm.initrd)
+            .env("GUARD_VM_ACCEL", &vm.accel);
+    }
     if skip_live {
         test.env_remove("GUARD_TEST_LIVE");
     } else {

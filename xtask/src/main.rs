@@ -1,11 +1,12 @@
 //! `cargo xtask`: builds, runs, tests and lints guard, installing what the eBPF build needs.
-//! Subcommands are declared here with clap; the work is in `prereqs`, `build` and `bench`.
+//! Subcommands are declared here with clap; the work is in `prereqs`, `build`, `bench` and `vm`.
 
 mod bench;
 mod build;
 mod demo;
 mod dist;
 mod prereqs;
+mod vm;
 
 use std::{
     ffi::OsStr,
@@ -45,6 +46,19 @@ enum Task {
         #[arg(long)]
         skip_live: bool,
         /// Extra arguments for `cargo test`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run CMD in the test VM (a stock Debian kernel under qemu, the host's files read-only):
+    /// downloads and builds it the first time. Passes the exit code through.
+    Vm {
+        /// Print the VM's kernel release, kernel, initramfs and accelerator first.
+        #[arg(long)]
+        kernel_info: bool,
+        /// Kill the VM after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// The command and its arguments, after `--`.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -108,6 +122,17 @@ fn dispatch(task: Task) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             build::test(skip_live, &args)?;
+        }
+        Task::Vm {
+            kernel_info,
+            timeout,
+            args,
+        } => {
+            if !prereqs::is_root()? {
+                bail!("cargo xtask vm needs root: it installs packages and shares / with qemu");
+            }
+            let code = vm::vm(kernel_info, timeout, &args)?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
         }
         Task::Clippy => build::clippy()?,
         Task::EbpfObject => {
