@@ -48,7 +48,16 @@ pub fn run(opts: &Options) -> Section {
         ),
     );
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    section.intro += &format!(" Measured on kernel {}.", release.trim());
+    section.intro += &format!(" Measured on kernel {}", release.trim());
+    section.intro += &match std::env::var("GUARD_BENCH_VM") {
+        // `cargo xtask bench` ran it in the test VM: the host's kernel refuses freplace.
+        Ok(accel) => format!(
+            ", in the test VM (qemu, {accel}), because the host's kernel refuses freplace \
+             programs. Under tcg the CPU is emulated: compare the columns with each other, \
+             not with the other sections' figures."
+        ),
+        Err(_) => ".".to_owned(),
+    };
     match measure(opts) {
         Ok(t) => section.tables.push(t),
         Err(e) => section.failure = Some(format!("{e:#}")),

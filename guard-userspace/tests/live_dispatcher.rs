@@ -379,3 +379,44 @@ fn direct_attach_stays_the_default_where_the_interface_runs_nothing() {
     b.expect(100, false, true, "attached directly");
     b.tb.guard_ok(&["detach"]);
 }
+
+#[test]
+fn where_the_kernel_refuses_freplace_guard_run_says_so_and_attaches_nothing() {
+    if !live_or_skip("live dispatcher refused") {
+        return;
+    }
+    if freplace_here().is_ok() {
+        support::skip(
+            "where_the_kernel_refuses_freplace_guard_run_says_so_and_attaches_nothing",
+            "this kernel loads freplace programs: the refusal cannot be shown here",
+        );
+        return;
+    }
+    let xdp_dir_existed = std::path::Path::new("/sys/fs/bpf/xdp").exists();
+    let mut b = Bed::new();
+    std::fs::write(
+        &b.config,
+        "[datapath]\nmode = \"generic\"\nattach = \"dispatcher\"\n",
+    )
+    .unwrap();
+    let (config, iface, srv) = (
+        b.config.display().to_string(),
+        b.iface.clone(),
+        b.srv.clone(),
+    );
+    let (status, log) = b.tb.run_guard_to_exit(
+        &srv,
+        &["--config", &config, "--iface", &iface],
+        Duration::from_secs(30),
+    );
+    assert!(!status.success(), "guard run started: {log}");
+    assert!(
+        log.contains("libxdp's dispatcher") && log.contains("freplace"),
+        "the error says what and why: {log}"
+    );
+    let ip = b.in_srv_ok(&["ip", "-j", "link", "show", "dev", &iface]);
+    assert!(!ip.contains("\"xdp\""), "nothing attached: {ip}");
+    if !xdp_dir_existed {
+        let _ = std::fs::remove_dir("/sys/fs/bpf/xdp");
+    }
+}

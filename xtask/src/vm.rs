@@ -481,6 +481,22 @@ pub fn run_in(
     cwd: &Path,
     timeout: Duration,
 ) -> Result<i32> {
+    run_collecting(vm, argv, envs, cwd, timeout, None).map(|(rc, _)| rc)
+}
+
+/// Like [`run_in`], and returns the file `collect` the command wrote into the writable share
+/// (`/run/guard-vm/<collect>` in the VM), if it did.
+///
+/// # Errors
+/// As [`run_in`].
+pub fn run_collecting(
+    vm: &Vm,
+    argv: &[String],
+    envs: &[(String, String)],
+    cwd: &Path,
+    timeout: Duration,
+    collect: Option<&str>,
+) -> Result<(i32, Option<Vec<u8>>)> {
     let share = env::temp_dir().join(format!("guard-vm-{}", std::process::id()));
     let _ = fs::remove_dir_all(&share);
     fs::create_dir_all(&share)?;
@@ -527,8 +543,9 @@ pub fn run_in(
             format!("the test VM stopped ({status}) without the command's exit code: see its console above")
         })
     })();
+    let collected = collect.and_then(|name| fs::read(share.join(name)).ok());
     let _ = fs::remove_dir_all(&share);
-    result
+    result.map(|rc| (rc, collected))
 }
 
 fn qemu(vm: &Vm, share: &Path) -> Command {
