@@ -349,3 +349,112 @@ fn an_interface_that_runs_a_foreign_xdp_program_is_refused_not_replaced() {
         "no link pinned for it"
     );
 }
+
+/// The health check's verdict on the slot (`xdp`, `attached`), from `guard health --json`.
+fn slot_attached(tb: &Testbed) -> Option<bool> {
+    let h: serde_json::Value =
+        serde_json::from_str(&tb.guard_ok(&["health", "--json"])).unwrap_or_default();
+    h["checks"].as_array().and_then(|c| {
+        c.iter()
+            .find(|o| o["component"] == "xdp" && o["measurement"] == "attached")
+            .map(|o| o["status"] == "pass")
+    })
+}
+
+#[test]
+fn guard_run_in_chain_mode_shows_the_slot_and_next_and_puts_itself_back_into_an_emptied_slot_only()
+{
+    if !live_or_skip("live chain daemon") {
+        return;
+    }
+    let mut b = bed();
+    let mut root = Root::load(&b.tb.tag);
+    for i in &b.ifaces.clone() {
+        root.attach(&b.srv, i);
+    }
+    let slot = root.slot();
+    let config = b.tb.tmp.join("guard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[datapath]\nmode = \"generic\"\nchain = {{ prog_array = \"{}\", index = 0 }}\nnext = \"{}\"\n",
+            slot.prog_array.display(),
+            root.next_pin().display()
+        ),
+    )
+    .unwrap();
+    let srv = b.srv.clone();
+    b.tb.start_guard(&srv, &["--config", config.to_str().unwrap()]);
+    let label = ebpf::chain::label(&slot);
+    let status = b.tb.guard_ok(&["status"]);
+    assert!(
+        status.contains(&label) && status.contains("chain"),
+        "guard status shows the slot and its mode: {status}"
+    );
+    assert!(
+        status.contains(&format!("next        {}", root.next_pin().display())),
+        "guard status shows next: {status}"
+    );
+    b.tb.guard_ok(&["deny", "add", "198.18.1.2/32"]);
+    let seen = root.next_seen();
+    assert_eq!(exchange(&b, 200), (0, 200), "{}", b.tb.logs());
+    assert!(
+        root.next_seen() >= seen + 200,
+        "next gets what the guard passes"
+    );
+    let wait = |want: bool| {
+        support::wait_for(Duration::from_secs(15), || {
+            (slot_attached(&b.tb) == Some(want)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("health never said attached = {want}: {}", b.tb.logs()))
+    };
+    wait(true);
+
+    // Someone empties the slot: the daemon puts the guard back.
+    root.clear_slot();
+    support::wait_for(Duration::from_secs(15), || {
+        b.tb.logs().contains("put the guard back in").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the guard was not put back: {}", b.tb.logs()));
+    wait(true);
+    assert_eq!(
+        exchange(&b, 100),
+        (0, 100),
+        "back in the slot, dropping again"
+    );
+
+    // Another program takes the slot: it is left there, and health says the guard is out.
+    let next = aya::programs::ProgramInfo::from_pin(root.next_pin())
+        .unwrap()
+        .fd()
+        .unwrap();
+    {
+        let data = MapData::from_pin(&slot.prog_array).unwrap();
+        let mut a = ProgramArray::try_from(Map::ProgramArray(data)).unwrap();
+        a.set(0, &next, 0).unwrap();
+    }
+    let theirs = ebpf::chain::slot_prog_id(&slot).unwrap();
+    wait(false);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        ebpf::chain::slot_prog_id(&slot).unwrap(),
+        theirs,
+        "the daemon left the other program in the slot"
+    );
+    assert!(
+        b.tb.logs().contains("not the guard's: left to it"),
+        "{}",
+        b.tb.logs()
+    );
+    assert_eq!(
+        exchange(&b, 100),
+        (100, 100),
+        "the other program passes all"
+    );
+    b.tb.guard_ok(&["detach"]);
+    assert_eq!(
+        ebpf::chain::slot_prog_id(&slot).unwrap(),
+        theirs,
+        "detach leaves a slot the guard does not hold"
+    );
+}

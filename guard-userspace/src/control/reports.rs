@@ -182,6 +182,14 @@ pub struct StatusReport {
     pub dry_run: bool,
     pub limits: Limits,
     pub attachments: Vec<Attachment>,
+    /// `[datapath] attach` (auto, direct, dispatcher) and the priority in libxdp's dispatcher.
+    #[serde(default)]
+    pub attach: String,
+    #[serde(default)]
+    pub priority: u32,
+    /// `[datapath] next`: the pinned program that gets what the guard passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
     pub pin_dir: String,
     pub state_file: String,
     pub allow_entries: usize,

@@ -221,6 +221,19 @@ impl<D: Datapath> Control<D> {
             dry_run: self.settings.datapath.dry_run,
             limits: self.settings.limits,
             attachments: self.attachments.clone(),
+            attach: match self.settings.datapath.attach {
+                crate::dataplane::Placement::Auto => "auto",
+                crate::dataplane::Placement::Direct => "direct",
+                crate::dataplane::Placement::Dispatcher => "dispatcher",
+            }
+            .to_string(),
+            priority: self.settings.datapath.priority,
+            next: self
+                .settings
+                .datapath
+                .next
+                .as_ref()
+                .map(|p| p.display().to_string()),
             pin_dir: self.settings.datapath.pin_dir.display().to_string(),
             state_file: self.store.path().display().to_string(),
             allow_entries: self.allow.len(),

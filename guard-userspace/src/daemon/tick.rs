@@ -195,11 +195,30 @@ impl<D: Datapath + BanEvents> Daemon<D> {
         for i in 0..control.attachments().len() {
             let a = control.attachments()[i].clone();
             let mut state = (self.link_check)(&pin_dir, &a.iface);
+            // A chain slot has no index: one attempt each time what holds the slot changes
+            // (the id of the program in it; 0 when empty).
+            let chain = a.mode == "chain";
+            let index = if chain {
+                crate::dataplane::chain::parse_label(&a.iface)
+                    .and_then(|slot| crate::dataplane::chain::slot_prog_id(&slot).ok())
+                    .map(|id| id.unwrap_or(0))
+            } else {
+                (self.if_index)(&a.iface)
+            };
             if !state.attached
-                && let Some(now) = (self.if_index)(&a.iface)
+                && let Some(now) = index
                 && failed.get(&a.iface) != Some(&now)
             {
                 match control.reattach(i) {
+                    Ok(_) if chain => {
+                        failed.remove(&a.iface);
+                        tracing::warn!(
+                            "{}: the slot was emptied ({}); put the guard back in",
+                            a.iface,
+                            state.detail
+                        );
+                        state = (self.link_check)(&pin_dir, &a.iface);
+                    }
                     Ok(b) => {
                         failed.remove(&a.iface);
                         tracing::warn!(
@@ -211,6 +230,13 @@ impl<D: Datapath + BanEvents> Daemon<D> {
                             state.detail
                         );
                         state = (self.link_check)(&pin_dir, &a.iface);
+                    }
+                    Err(e) if chain => {
+                        failed.insert(a.iface.clone(), now);
+                        tracing::error!(
+                            "{}: THE GUARD IS NOT IN ITS SLOT: {e}; retried when the slot changes (empty it to have the guard put back), or restart the daemon",
+                            a.iface
+                        );
                     }
                     Err(e) => {
                         failed.insert(a.iface.clone(), now);

@@ -141,7 +141,7 @@ pub(super) fn remove(slot: &ChainSlot, pin: &Path) -> Result<bool, LoadError> {
 
 /// The id of the program in `slot`; `None` if the slot is empty. (A program array's lookup
 /// from userspace answers program ids; aya 0.14's `ProgramArray` has no `get`.)
-pub(crate) fn slot_prog_id(slot: &ChainSlot) -> io::Result<Option<u32>> {
+pub fn slot_prog_id(slot: &ChainSlot) -> io::Result<Option<u32>> {
     let map = MapData::from_pin(&slot.prog_array).map_err(io::Error::other)?;
     let key = slot.index;
     let mut value = 0u32;

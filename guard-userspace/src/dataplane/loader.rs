@@ -529,6 +529,21 @@ pub(super) fn reattach(
     iface: &str,
     mode: AttachMode,
 ) -> Result<(u32, &'static str), LoadError> {
+    if let Some(slot) = super::chain::parse_label(iface) {
+        // Chain mode: only an empty slot is filled again; a slot another program took is
+        // left to it (the operator, or the root's own loader, put it there).
+        return match super::chain::slot_prog_id(&slot) {
+            Ok(None) => {
+                super::chain::insert(datapath.program_mut()?, &slot, &versioned_dir(pin_dir))?;
+                Ok((0, "chain"))
+            }
+            Ok(Some(id)) => Err(LoadError::Link(format!(
+                "{iface} holds program {id} ({}), not the guard's: left to it",
+                super::occupant::prog_name(id)
+            ))),
+            Err(e) => Err(LoadError::Link(format!("cannot read {iface}: {e}"))),
+        };
+    }
     let ifindex = if_index(iface).ok_or_else(|| LoadError::NoInterface {
         iface: iface.to_string(),
     })?;

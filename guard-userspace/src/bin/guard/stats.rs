@@ -353,6 +353,13 @@ pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
         "lists       {} allow, {} deny; {} bans, {} prefix bans; {} known sources",
         s.allow_entries, s.deny_entries, s.bans, s.prefix_bans, s.known_sources
     );
+    println!(
+        "attach      {} (priority {} in libxdp's dispatcher)",
+        s.attach, s.priority
+    );
+    if let Some(next) = &s.next {
+        println!("next        {next} (gets every packet the guard passes)");
+    }
     println!("pins        {}", s.pin_dir);
     for w in &s.warnings {
         println!("WARNING     {w}");
