@@ -32,6 +32,7 @@ struct Bed {
     srv: String,
     cli: String,
     iface: String,
+    peer: String,
     config: PathBuf,
 }
 
@@ -60,27 +61,55 @@ impl Bed {
         let srv = tb.netns("s");
         let cli = tb.netns("c");
         let (iface, peer) = tb.link(&srv, &format!("{SRV}/24"), &cli, &format!("{CLEAN}/24"));
-        for a in [FILTERED, GUARDED] {
-            sh(&[
-                "ip",
-                "-n",
-                &cli,
-                "addr",
-                "add",
-                &format!("{a}/24"),
-                "dev",
-                &peer,
-            ]);
-        }
-        warm_up(&cli, SRV);
         let config = tb.tmp.join("guard.toml");
-        Self {
+        let b = Self {
             tb,
             srv,
             cli,
             iface,
+            peer,
             config,
+        };
+        b.addresses();
+        b
+    }
+
+    /// The client's other sources, and the first packets both ways.
+    fn addresses(&self) {
+        for a in [FILTERED, GUARDED] {
+            let a = format!("{a}/24");
+            sh(&["ip", "-n", &self.cli, "addr", "add", &a, "dev", &self.peer]);
         }
+        warm_up(&self.cli, SRV);
+    }
+
+    /// Deletes the veth pair and makes it anew under the same names (a new ifindex).
+    fn recreate(&self) {
+        sh(&["ip", "-n", &self.srv, "link", "del", &self.iface]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &self.iface,
+            "netns",
+            &self.srv,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.peer,
+            "netns",
+            &self.cli,
+        ]);
+        for (ns, dev, addr) in [
+            (&self.srv, &self.iface, SRV),
+            (&self.cli, &self.peer, CLEAN),
+        ] {
+            let addr = format!("{addr}/24");
+            sh(&["ip", "-n", ns, "addr", "add", &addr, "dev", dev]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        self.addresses();
     }
 
     /// The veth's index in the server's namespace (not from /sys: nsenter keeps the host's).
@@ -359,6 +388,41 @@ fn xdp_filter_joins_the_guards_dispatcher_runs_first_at_a_lower_priority_and_lea
     b.tb.guard_ok(&["detach"]);
     assert!(b.loader_status().is_empty(), "{:?}", b.loader_status());
     b.expect(100, false, false, "after guard detach");
+}
+
+#[test]
+fn a_re_created_interface_gets_the_guard_back_in_a_dispatcher() {
+    if !live_or_skip("live dispatcher") {
+        return;
+    }
+    let Place::Here = here_or_in_vm(
+        "a_re_created_interface_gets_the_guard_back_in_a_dispatcher",
+        freplace_here,
+    ) else {
+        return;
+    };
+    let mut b = Bed::new();
+    b.start("dispatcher", 5);
+    b.tb.guard_ok(&["deny", "add", &format!("{GUARDED}/32")]);
+    b.expect(100, false, true, "in its dispatcher");
+    let before = b.ifindex();
+    b.recreate();
+    assert_ne!(b.ifindex(), before, "a new interface");
+    let deadline = Instant::now() + WAIT;
+    while b.json(&["status"])["attachments"][0]["reattached"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "never re-attached: {}",
+            b.tb.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(b.status_mode(), "dispatcher");
+    assert_eq!(b.loader_status(), vec![("guard_ext".to_string(), 5)]);
+    b.wait_attached(true);
+    b.expect(100, false, true, "in a new dispatcher on the new interface");
+    b.tb.guard_ok(&["detach"]);
+    assert!(b.loader_status().is_empty());
 }
 
 #[test]

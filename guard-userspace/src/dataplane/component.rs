@@ -90,6 +90,18 @@ pub(super) fn join(
         .ext
         .pin(&pin)
         .map_err(|e| LoadError::Link(format!("pinning {}: {e}", pin.display())))?;
+    // A dispatcher of an interface that went away (this is a re-attach) holds the guard's
+    // component still: its pins go.
+    let config = config_map_id(dir);
+    let ext_id = component.ext.info().ok().map(|i| i.id());
+    for gone in dispatcher::sweep_stale(&|id, maps| {
+        Some(id) == ext_id || config.is_some_and(|c| maps.contains(&c))
+    }) {
+        tracing::info!(
+            "removed {}: the dispatcher of an interface that went away",
+            gone.display()
+        );
+    }
     tracing::info!(
         "{iface}: in libxdp's dispatcher (program {}, {} mode), run order {}",
         joined.dispatcher,

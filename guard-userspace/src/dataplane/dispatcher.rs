@@ -522,6 +522,46 @@ pub fn change(
     }))
 }
 
+/// Removes the pins of dispatchers that no interface runs any more (their interface was deleted:
+/// the kernel detached them, and their pinned links keep them and their components loaded)
+/// but that hold one of our components (`is_ours(id, map ids)`). Another loader's dispatchers
+/// are not touched. Returns the directories removed.
+pub fn sweep_stale(is_ours: &dyn Fn(u32, &[u32]) -> bool) -> Vec<PathBuf> {
+    let Ok(_lock) = Lock::acquire() else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in fs::read_dir(xdp_dir()).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((ifindex, id)) = name
+            .strip_prefix("dispatch-")
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(i, d)| Some((i.parse::<u32>().ok()?, d.parse::<u32>().ok()?)))
+        else {
+            continue;
+        };
+        let running = netlink::query(ifindex)
+            .ok()
+            .and_then(|s| s.main())
+            .is_some_and(|(on, _)| on == id);
+        if running {
+            continue;
+        }
+        let ours = fs::read_dir(e.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|p| p.file_name().to_string_lossy().ends_with("-prog"))
+            .filter_map(|p| ProgramInfo::from_pin(p.path()).ok())
+            .any(|i| is_ours(i.id(), &i.map_ids().ok().flatten().unwrap_or_default()));
+        if ours {
+            unpin_dir(&e.path());
+            removed.push(e.path());
+        }
+    }
+    removed
+}
+
 /// Does the dispatcher on `ifindex` run program `prog_id`? The health check's "attached" in
 /// dispatcher mode. Returns the dispatcher's id, mode and the components' order.
 ///
