@@ -170,14 +170,62 @@ impl Bed {
             .collect()
     }
 
-    fn start(&mut self, attach: &str, priority: u32) -> usize {
+    /// The program id of component `name` in `xdp-loader status`.
+    fn component_id(&self, name: &str) -> Option<u32> {
+        let out = self.in_srv_ok(&["xdp-loader", "status", &self.iface]);
+        out.lines().find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.first() == Some(&"=>") && w.get(2) == Some(&name))
+                .then(|| w.get(3)?.parse().ok())
+                .flatten()
+        })
+    }
+
+    /// libxdp's pin directories of dispatchers on this veth (`dispatch-<ifindex>-<id>`).
+    fn dispatch_dirs(&self) -> Vec<String> {
+        let Some(ifindex) = self.ifindex() else {
+            return Vec::new();
+        };
+        let prefix = format!("dispatch-{ifindex}-");
+        let mut v: Vec<String> = std::fs::read_dir("/sys/fs/bpf/xdp")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn write_config(&self, attach: &str, priority: u32, extra: &str) {
         std::fs::write(
             &self.config,
             format!(
-                "[datapath]\nmode = \"generic\"\nattach = \"{attach}\"\npriority = {priority}\n"
+                "[datapath]\nmode = \"generic\"\nattach = \"{attach}\"\npriority = {priority}\n{extra}"
             ),
         )
         .unwrap();
+    }
+
+    /// `guard run` with this config, expected to refuse to start; returns its log.
+    fn refused(&mut self) -> String {
+        let (config, iface, srv) = (
+            self.config.display().to_string(),
+            self.iface.clone(),
+            self.srv.clone(),
+        );
+        let (status, log) = self.tb.run_guard_to_exit(
+            &srv,
+            &["--config", &config, "--iface", &iface],
+            Duration::from_secs(60),
+        );
+        assert!(!status.success(), "guard run started: {log}");
+        log
+    }
+
+    fn start(&mut self, attach: &str, priority: u32) -> usize {
+        self.write_config(attach, priority, "");
         let (config, iface) = (self.config.display().to_string(), self.iface.clone());
         let srv = self.srv.clone();
         self.tb
@@ -319,24 +367,69 @@ fn the_guard_joins_xdp_filters_dispatcher_first_survives_kill_and_restart_and_de
     );
 
     // kill -9: both stay.
+    let old_id = b
+        .component_id("guard_ext")
+        .expect("guard_ext in xdp-loader status");
     b.tb.kill9(first);
     b.expect(100, true, true, "after kill -9 of the daemon");
 
+    // `next` cannot go with a dispatcher: refused, and nothing changes.
+    let next_pin = format!("/sys/fs/bpf/d17next-{}", b.tb.tag);
+    // The chain tests' next program (guard-ebpf/src/testroot.rs), pinned.
+    {
+        let object = std::env::var("GUARD_TESTROOT_OBJECT").expect("GUARD_TESTROOT_OBJECT");
+        let mut obj = aya::Ebpf::load_file(&object).unwrap();
+        let p: &mut aya::programs::Xdp = obj
+            .program_mut("guard_testnext")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        p.load().unwrap();
+        p.pin(&next_pin).unwrap();
+    }
+    b.write_config("auto", 5, &format!("next = \"{next_pin}\"\n"));
+    let log = b.refused();
+    let _ = std::fs::remove_file(&next_pin);
+    assert!(
+        log.contains("datapath.next") && log.contains("libxdp's dispatcher"),
+        "{log}"
+    );
+    assert_eq!(b.component_id("guard_ext"), Some(old_id), "untouched");
+
     // A restart swaps the new program in (one swap of the dispatcher): still both, still in
-    // that order, and the guard's lists kept.
+    // that order, and the guard's lists kept; one dispatcher's pins.
     b.start("auto", 5);
     let s = b.json(&["status"]);
     assert_eq!(s["attachments"][0]["adopted"], true, "{s}");
-    assert_eq!(b.loader_status().len(), 2, "{:?}", b.loader_status());
+    assert_eq!(
+        b.loader_status(),
+        vec![
+            ("guard_ext".to_string(), 5),
+            ("xdpfilt_alw_all".to_string(), 10)
+        ]
+    );
+    let new_id = b.component_id("guard_ext").unwrap();
+    assert_ne!(
+        new_id, old_id,
+        "the new daemon's program is in the dispatcher"
+    );
+    assert_eq!(b.dispatch_dirs().len(), 1, "{:?}", b.dispatch_dirs());
     b.expect(100, true, true, "after the restart");
 
     // guard detach: xdp-filter keeps working, alone in its dispatcher.
     b.tb.guard_ok(&["detach"]);
     assert_eq!(b.loader_status(), vec![("xdpfilt_alw_all".to_string(), 10)]);
+    assert_eq!(b.dispatch_dirs().len(), 1, "{:?}", b.dispatch_dirs());
     b.expect(100, true, false, "after guard detach");
     b.unload_filter();
     assert!(b.loader_status().is_empty());
+    assert!(b.dispatch_dirs().is_empty(), "{:?}", b.dispatch_dirs());
     b.expect(100, false, false, "nothing attached");
+    assert!(
+        !b.tb.logs().contains("re-attached"),
+        "no false 'not attached' along the way: {}",
+        b.tb.logs()
+    );
 }
 
 #[test]
@@ -376,6 +469,18 @@ fn xdp_filter_joins_the_guards_dispatcher_runs_first_at_a_lower_priority_and_lea
         (400..500).contains(&seen),
         "running second, the guard saw {seen} packets, expected the 400 xdp-filter passed"
     );
+
+    // Asked to attach directly while xdp-filter shares the dispatcher: refused, and both stay.
+    b.tb.stop(0);
+    b.write_config("direct", 20, "");
+    let log = b.refused();
+    assert!(
+        log.contains("xdpfilt_alw_all") && log.contains("to itself"),
+        "the refusal names the other program: {log}"
+    );
+    assert_eq!(b.loader_status().len(), 2, "{:?}", b.loader_status());
+    b.expect(100, true, true, "after the refused switch");
+    b.start("dispatcher", 20);
 
     // xdp-filter goes: libxdp rebuilds the dispatcher with the guard alone, which keeps
     // dropping its source, and health still finds it attached.
@@ -426,6 +531,38 @@ fn a_re_created_interface_gets_the_guard_back_in_a_dispatcher() {
 }
 
 #[test]
+fn the_guard_moves_between_its_own_link_and_a_dispatcher_when_told() {
+    if !live_or_skip("live dispatcher") {
+        return;
+    }
+    let Place::Here = here_or_in_vm(
+        "the_guard_moves_between_its_own_link_and_a_dispatcher_when_told",
+        freplace_here,
+    ) else {
+        return;
+    };
+    let mut b = Bed::new();
+    b.start("direct", 5);
+    b.tb.guard_ok(&["deny", "add", &format!("{GUARDED}/32")]);
+    assert_eq!(b.status_mode(), "generic");
+    assert!(b.loader_status().is_empty());
+    b.tb.stop(0);
+    // Into a dispatcher: libxdp's tools can join it now.
+    b.start("dispatcher", 5);
+    assert_eq!(b.status_mode(), "dispatcher");
+    assert_eq!(b.loader_status(), vec![("guard_ext".to_string(), 5)]);
+    b.expect(100, false, true, "moved into a dispatcher, lists kept");
+    b.tb.stop(1);
+    // Back onto a link of its own: the dispatcher goes with the guard.
+    b.start("direct", 5);
+    assert_eq!(b.status_mode(), "generic");
+    assert!(b.loader_status().is_empty(), "{:?}", b.loader_status());
+    assert!(b.dispatch_dirs().is_empty(), "{:?}", b.dispatch_dirs());
+    b.expect(100, false, true, "back on its own link");
+    b.tb.guard_ok(&["detach"]);
+}
+
+#[test]
 fn direct_attach_stays_the_default_where_the_interface_runs_nothing() {
     if !live_or_skip("live dispatcher") {
         return;
@@ -458,26 +595,16 @@ fn where_the_kernel_refuses_freplace_guard_run_says_so_and_attaches_nothing() {
     }
     let xdp_dir_existed = std::path::Path::new("/sys/fs/bpf/xdp").exists();
     let mut b = Bed::new();
-    std::fs::write(
-        &b.config,
-        "[datapath]\nmode = \"generic\"\nattach = \"dispatcher\"\n",
-    )
-    .unwrap();
-    let (config, iface, srv) = (
-        b.config.display().to_string(),
-        b.iface.clone(),
-        b.srv.clone(),
-    );
-    let (status, log) = b.tb.run_guard_to_exit(
-        &srv,
-        &["--config", &config, "--iface", &iface],
-        Duration::from_secs(30),
-    );
-    assert!(!status.success(), "guard run started: {log}");
+    b.write_config("dispatcher", 5, "");
+    let iface = b.iface.clone();
+    let log = b.refused();
     assert!(
-        log.contains("libxdp's dispatcher") && log.contains("freplace"),
+        log.contains("libxdp's dispatcher")
+            && log.contains("refuses freplace")
+            && log.contains("Operation not permitted"),
         "the error says what and why: {log}"
     );
+    assert!(b.dispatch_dirs().is_empty(), "{:?}", b.dispatch_dirs());
     let ip = b.in_srv_ok(&["ip", "-j", "link", "show", "dev", &iface]);
     assert!(!ip.contains("\"xdp\""), "nothing attached: {ip}");
     if !xdp_dir_existed {

@@ -2,16 +2,19 @@
 //! interface that already runs one): the guard as one component of the dispatcher that
 //! xdp-loader, xdp-filter and other libxdp users share, in the order of its run priority.
 //!
-//! The protocol is xdp-tools' `lib/libxdp/protocol.org`, dispatcher version 2 (libxdp 1.2+):
+//! The protocol is xdp-tools' `lib/libxdp/protocol.org`, dispatcher version 2 (libxdp 1.3 to
+//! 1.5: Debian 12, Ubuntu 24.04; libxdp 1.6 made version 3, which the guard refuses by name):
 //! - the dispatcher is libxdp's own precompiled `xdp-dispatcher.o` (so libxdp recognises and
 //!   extends it), loaded with its `.rodata` `conf` filled in: how many programs, each one's
 //!   run priority, chain-call actions and flags;
 //! - each component is an freplace (`BPF_PROG_TYPE_EXT`) program attached to the dispatcher's
-//!   slot function `prog<i>`, its link and program pinned as `prog<i>-link` and `prog<i>-prog`
+//!   slot function `prog<i>` (a lone program replaces the dispatcher's own function, as libxdp
+//!   does since 1.2), its link and program pinned as `prog<i>-link` and `prog<i>-prog`
 //!   under `/sys/fs/bpf/xdp/dispatch-<ifindex>-<dispatcher id>/`;
 //! - every change builds a new dispatcher (the old components re-linked into it, a new one
 //!   loaded against it), swaps it onto the interface atomically over netlink
 //!   (`XDP_FLAGS_REPLACE` with the old one as the expected program), then unpins the old one;
+//!   a swap refused because another loader changed the dispatcher meanwhile starts over;
 //! - all of it under libxdp's lock, `flock(LOCK_EX)` on `/sys/fs/bpf/xdp`.
 //!
 //! Implemented here on aya's `Extension` rather than by linking libxdp: libxdp 1.3 (Debian 12)
@@ -164,14 +167,35 @@ pub struct Dispatcher {
 /// What an interface runs, as libxdp sees it.
 pub enum OnIface {
     Nothing,
-    /// An XDP program that is not a libxdp dispatcher of version 2 (`xdp-loader status`
-    /// calls it "legacy"), and why not.
+    /// An XDP program that is not libxdp's dispatcher (`xdp-loader status` calls it
+    /// "legacy").
     Other {
         id: u32,
         name: String,
+    },
+    /// libxdp's dispatcher, of a version (or in a state) the guard cannot join, and why.
+    Unusable {
+        id: u32,
         why: String,
     },
     Dispatcher(Dispatcher),
+}
+
+/// The dispatcher version a config map of `size` bytes is: 1 (no magic, libxdp 1.0 to 1.2),
+/// 2 (124 bytes), 3 (128: device binding, libxdp 1.6).
+fn version_of_size(size: u32) -> &'static str {
+    match size {
+        124 => "2 (libxdp 1.3 to 1.5)",
+        128 => "3 (libxdp 1.6 or later)",
+        _ => "1 or unknown (libxdp 1.2 or earlier)",
+    }
+}
+
+/// What to say about a dispatcher of another version than 2.
+fn other_version(what: &str, version: &str) -> String {
+    format!(
+        "{what} is libxdp's dispatcher version {version}; the guard speaks version 2, that of libxdp 1.3 to 1.5 (Debian 12, Ubuntu 24.04). Use that libxdp, or attach the guard directly to an interface of its own"
+    )
 }
 
 fn program_info(id: u32) -> Result<ProgramInfo, String> {
@@ -194,48 +218,65 @@ pub fn read(ifindex: u32) -> Result<OnIface, String> {
     };
     let info = program_info(id)?;
     let name = info.name_as_str().unwrap_or("").to_string();
-    let other = |why: &str| {
-        Ok(OnIface::Other {
-            id,
-            name: name.clone(),
-            why: why.to_string(),
-        })
-    };
     if name != DISPATCHER_PROGRAM {
-        return other("it is not libxdp's dispatcher");
+        return Ok(OnIface::Other { id, name });
     }
+    let unusable = |why: String| Ok(OnIface::Unusable { id, why });
+    let what = format!("program {id} on the interface");
     if info.btf_id().is_none() {
-        return other("a dispatcher without BTF");
+        return unusable(format!(
+            "{what} is named {DISPATCHER_PROGRAM} but has no BTF"
+        ));
     }
     let maps = info
         .map_ids()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("reading {what}'s maps: {e}"))?
         .unwrap_or_default();
     let [map_id] = maps[..] else {
-        return other("a dispatcher with other than one map");
+        return unusable(format!(
+            "{what} is named {DISPATCHER_PROGRAM} but has {} maps, not libxdp's one",
+            maps.len()
+        ));
     };
-    let minfo = MapInfo::from_id(map_id).map_err(|e| e.to_string())?;
+    let minfo =
+        MapInfo::from_id(map_id).map_err(|e| format!("reading {what}'s config map: {e}"))?;
+    if minfo.value_size() != std::mem::size_of::<DispatcherConfig>() as u32 {
+        return unusable(other_version(&what, version_of_size(minfo.value_size())));
+    }
     if minfo.key_size() != 4
         || minfo.max_entries() != 1
         || minfo.map_flags() & BPF_F_RDONLY_PROG == 0
-        || minfo.value_size() != std::mem::size_of::<DispatcherConfig>() as u32
     {
-        return other("a dispatcher of another version");
+        return unusable(format!("{what}'s config map is not libxdp's"));
     }
-    let map = MapData::from_id(map_id).map_err(|e| e.to_string())?;
+    let map = MapData::from_id(map_id).map_err(|e| format!("opening {what}'s config: {e}"))?;
     let array: Array<MapData, DispatcherConfig> =
-        Array::try_from(Map::Array(map)).map_err(|e| e.to_string())?;
-    let config = array.get(&0, 0).map_err(|e| e.to_string())?;
+        Array::try_from(Map::Array(map)).map_err(|e| format!("{what}'s config: {e}"))?;
+    let config = array
+        .get(&0, 0)
+        .map_err(|e| format!("reading {what}'s config: {e}"))?;
     if config.magic != MAGIC || config.dispatcher_version != VERSION {
-        return other("a dispatcher of another version");
+        return unusable(other_version(
+            &what,
+            &format!("{} (magic {})", config.dispatcher_version, config.magic),
+        ));
     }
     let dir = dispatch_dir(ifindex, id);
     let mut components = Vec::new();
     for i in 0..usize::from(config.num_progs_enabled).min(MAX_PROGRAMS) {
         let pin = dir.join(format!("prog{i}-prog"));
-        let ext = Extension::from_pin(&pin)
-            .map_err(|e| format!("the dispatcher's component {}: {e}", pin.display()))?;
-        let pinfo = ext.info().map_err(|e| e.to_string())?;
+        let ext = match Extension::from_pin(&pin) {
+            Ok(ext) => ext,
+            Err(e) => {
+                return unusable(format!(
+                    "the pins of its dispatcher {id} are missing or unreadable ({}: {e}): it was loaded with another bpffs (LIBXDP_BPFFS) or its pins were removed; `xdp-loader unload --all` the interface's programs and load them again",
+                    pin.display()
+                ));
+            }
+        };
+        let pinfo = ext
+            .info()
+            .map_err(|e| format!("reading {}: {e}", pin.display()))?;
         components.push(Component {
             name: pinfo.name_as_str().unwrap_or("").to_string(),
             id: pinfo.id(),
@@ -250,7 +291,9 @@ pub fn read(ifindex: u32) -> Result<OnIface, String> {
     Ok(OnIface::Dispatcher(Dispatcher {
         id,
         mode,
-        fd: info.fd().map_err(|e| e.to_string())?,
+        fd: info
+            .fd()
+            .map_err(|e| format!("opening dispatcher {id}: {e}"))?,
         components,
     }))
 }
@@ -297,6 +340,8 @@ fn unpin_dir(dir: &Path) {
 pub struct Joined {
     pub dispatcher: u32,
     pub mode: XdpMode,
+    /// A component `is_ours` named was swapped out (a previous run's guard).
+    pub replaced: bool,
     /// The components in run order: (name, priority).
     pub order: Vec<(String, u32)>,
 }
@@ -311,6 +356,10 @@ impl Joined {
     }
 }
 
+/// How often a change starts over when another loader changed the dispatcher between our
+/// read and our swap (libxdp holds its lock only while it pins, not over its swap).
+const TRIES: u32 = 10;
+
 /// Puts `ours` into the dispatcher on `ifindex` (building one if the interface runs nothing,
 /// in the first of `modes` the driver takes), in place of every component `is_ours` names (a
 /// previous run's guard): one atomic swap, so there is no moment without the guard and the
@@ -319,23 +368,91 @@ impl Joined {
 /// (without `ours`) if nothing there was ours.
 ///
 /// # Errors
-/// When the interface runs a program that is not a dispatcher, the dispatcher is full, the
-/// kernel refuses an freplace program (some kernels do, e.g. under lockdown), or another
-/// loader swapped the dispatcher meanwhile.
+/// When the interface runs a program that is not a dispatcher (or one of another version),
+/// the dispatcher is full, the kernel refuses an freplace program (some kernels do, e.g. under
+/// lockdown), or other loaders kept changing the dispatcher; each says what to do.
 pub fn change(
+    ifindex: u32,
+    mut ours: Option<&mut Ours>,
+    is_ours: &dyn Fn(&Component) -> bool,
+    modes: &[XdpMode],
+) -> Result<Option<Joined>, String> {
+    let mut last = String::new();
+    for attempt in 0..TRIES {
+        let lock = Lock::acquire()?;
+        match attempt_change(ifindex, ours.as_deref_mut(), is_ours, modes) {
+            Err(Change::Raced(why)) => {
+                drop(lock);
+                last = why;
+                std::thread::sleep(std::time::Duration::from_millis(10 << attempt.min(5)));
+            }
+            Err(Change::Failed(why)) => return Err(why),
+            Ok(j) => return Ok(j),
+        }
+    }
+    Err(format!(
+        "another loader kept changing the interface's dispatcher ({TRIES} tries; the last: {last}): try again when it is done"
+    ))
+}
+
+enum Change {
+    /// Another loader swapped the dispatcher after we read it: start over.
+    Raced(String),
+    Failed(String),
+}
+
+impl From<String> for Change {
+    fn from(s: String) -> Self {
+        Self::Failed(s)
+    }
+}
+
+/// The slot function of component `i` of `n`: libxdp (1.2+) has a lone program replace the
+/// dispatcher's own function, which saves the call and the chain-call check.
+fn slot_function(i: usize, n: usize) -> String {
+    if n == 1 {
+        DISPATCHER_PROGRAM.to_string()
+    } else {
+        format!("prog{i}")
+    }
+}
+
+/// Loads libxdp's dispatcher object with `config`.
+fn load_dispatcher(config: &DispatcherConfig) -> Result<aya::Ebpf, String> {
+    let object = object_path()?;
+    EbpfLoader::new()
+        .override_global("conf", config, true)
+        .load_file(&object)
+        .map_err(|e| {
+            if format!("{e:?}").contains("InvalidGlobalData") {
+                other_version(
+                    &object.display().to_string(),
+                    "other than 2 (its config is not the 124 bytes of version 2)",
+                )
+            } else {
+                format!(
+                    "loading {}: {}",
+                    object.display(),
+                    crate::rpc::error_chain(&e)
+                )
+            }
+        })
+}
+
+fn attempt_change(
     ifindex: u32,
     ours: Option<&mut Ours>,
     is_ours: &dyn Fn(&Component) -> bool,
     modes: &[XdpMode],
-) -> Result<Option<Joined>, String> {
-    let _lock = Lock::acquire()?;
+) -> Result<Option<Joined>, Change> {
     let old = match read(ifindex)? {
         OnIface::Nothing => None,
-        OnIface::Other { id, name, why } => {
-            return Err(format!(
-                "it runs XDP program {id} ({name:?}), not libxdp's dispatcher ({why}): the guard does not replace it"
-            ));
+        OnIface::Other { id, name } => {
+            return Err(Change::Failed(format!(
+                "it runs XDP program {id} ({name:?}), which is not libxdp's dispatcher, and the guard does not replace it: load that program through libxdp (xdp-loader) so the guard can join it, put the guard into the program array it tail-calls ([datapath] chain), or unload it"
+            )));
         }
+        OnIface::Unusable { why, .. } => return Err(Change::Failed(why)),
         OnIface::Dispatcher(d) => Some(d),
     };
     let mut members: Vec<Member> = Vec::new();
@@ -353,34 +470,48 @@ pub fn change(
         }
         None => (None, 0, None),
     };
+    let replaced = members.len() < kept_of;
     let adding = ours.is_some();
     if let Some(n) = ours {
         members.push(Member::New(n));
     }
     if members.len() > MAX_PROGRAMS {
-        return Err(format!(
-            "its dispatcher already runs {} programs, the most it holds",
-            MAX_PROGRAMS
-        ));
+        let names: Vec<String> = members
+            .iter()
+            .filter_map(|m| match m {
+                Member::Old(c) => Some(format!("{} ({})", c.name, c.priority)),
+                Member::New(_) => None,
+            })
+            .collect();
+        return Err(Change::Failed(format!(
+            "its dispatcher already runs {MAX_PROGRAMS} programs, the most one holds: {}. Unload one (`xdp-loader unload -i ID`)",
+            names.join(", ")
+        )));
     }
     members.sort_by(order);
 
+    if !adding && !replaced {
+        // Nothing of ours there: nothing to change.
+        return Ok(None);
+    }
     if members.is_empty() {
         let (Some(old_fd), Some(mode)) = (old_fd, old_mode) else {
             return Ok(None);
         };
-        netlink::set_xdp(
+        if let Err(e) = netlink::set_xdp(
             ifindex,
             -1,
             mode.flag() | netlink::XDP_FLAGS_REPLACE,
             Some(old_fd.as_fd().as_raw_fd()),
-        )
-        .map_err(|e| format!("detaching its dispatcher {old_id}: {e}"))?;
+        ) {
+            let why = format!("detaching its dispatcher {old_id}: {e}");
+            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Change::Raced(why)
+            } else {
+                Change::Failed(why)
+            });
+        }
         unpin_dir(&dispatch_dir(ifindex, old_id));
-        return Ok(None);
-    }
-    if !adding && members.len() == kept_of {
-        // Nothing of ours there: nothing to change.
         return Ok(None);
     }
 
@@ -403,14 +534,10 @@ pub fn change(
         config.run_prios[i] = priority;
         config.program_flags[i] = flags;
     }
-    let object = object_path()?;
-    let mut loaded = EbpfLoader::new()
-        .override_global("conf", &config, true)
-        .load_file(&object)
-        .map_err(|e| format!("loading {}: {e}", object.display()))?;
+    let mut loaded = load_dispatcher(&config)?;
     let dispatcher: &mut Xdp = loaded
         .program_mut(DISPATCHER_PROGRAM)
-        .ok_or_else(|| format!("{} has no {DISPATCHER_PROGRAM}", object.display()))?
+        .ok_or_else(|| format!("libxdp's dispatcher object has no {DISPATCHER_PROGRAM}"))?
         .try_into()
         .map_err(|e| format!("{DISPATCHER_PROGRAM}: {e}"))?;
     dispatcher.load().map_err(|e| {
@@ -430,26 +557,20 @@ pub fn change(
 
     let linked = (|| -> Result<(), String> {
         for (i, m) in members.iter_mut().enumerate() {
-            let slot = format!("prog{i}");
+            let slot = slot_function(i, n);
             let (ext, name): (&mut Extension, String) = match m {
                 Member::Old(c) => (&mut c.ext, c.name.clone()),
                 Member::New(o) => {
                     if o.ext.fd().is_err() {
                         let target = fd.try_clone().map_err(|e| e.to_string())?;
-                        o.ext.load(target, &slot).map_err(|e| {
-                            format!(
-                                "loading {} as an freplace program of the dispatcher: {}",
-                                o.name,
-                                crate::rpc::error_chain(&e)
-                            )
-                        })?;
+                        o.ext.load(target, &slot).map_err(|e| refused(o.name, &e))?;
                     }
                     (&mut *o.ext, o.name.to_string())
                 }
             };
             let link = ext.attach_to_program(&fd, &slot).map_err(|e| {
                 format!(
-                    "linking {name} into {slot}: {}",
+                    "linking {name} into the dispatcher's {slot}: {}",
                     crate::rpc::error_chain(&e)
                 )
             })?;
@@ -466,11 +587,11 @@ pub fn change(
     })();
     if let Err(e) = linked {
         unpin_dir(&dir);
-        return Err(e);
+        return Err(Change::Failed(e));
     }
 
     let raw = fd.as_fd().as_raw_fd();
-    let mode = match (&old_fd, old_mode) {
+    let swapped = match (&old_fd, old_mode) {
         (Some(old), Some(mode)) => netlink::set_xdp(
             ifindex,
             raw,
@@ -478,7 +599,14 @@ pub fn change(
             Some(old.as_fd().as_raw_fd()),
         )
         .map(|()| mode)
-        .map_err(|e| format!("swapping in dispatcher {id} for {old_id}: {e}")),
+        .map_err(|e| {
+            let why = format!("swapping in dispatcher {id} for {old_id}: {e}");
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Change::Raced(why)
+            } else {
+                Change::Failed(frags_hint(why))
+            }
+        }),
         _ => {
             let mut errors = Vec::new();
             let mut done = None;
@@ -493,13 +621,29 @@ pub fn change(
                         done = Some(*m);
                         break;
                     }
+                    // Another loader attached first: start over and join it.
+                    Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {
+                        errors.push(format!("{} mode: {e}", m.name()));
+                        break;
+                    }
                     Err(e) => errors.push(format!("{} mode: {e}", m.name())),
                 }
             }
-            done.ok_or_else(|| format!("attaching dispatcher {id}: {}", errors.join("; ")))
+            done.ok_or_else(|| {
+                let why = format!("attaching dispatcher {id}: {}", errors.join("; "));
+                if netlink::query(ifindex)
+                    .ok()
+                    .and_then(|s| s.main())
+                    .is_some()
+                {
+                    Change::Raced(why)
+                } else {
+                    Change::Failed(why)
+                }
+            })
         }
     };
-    let mode = match mode {
+    let mode = match swapped {
         Ok(m) => m,
         Err(e) => {
             unpin_dir(&dir);
@@ -512,6 +656,7 @@ pub fn change(
     Ok(Some(Joined {
         dispatcher: id,
         mode,
+        replaced,
         order: members
             .iter()
             .map(|m| match m {
@@ -520,6 +665,29 @@ pub fn change(
             })
             .collect(),
     }))
+}
+
+/// Why the kernel would not load the guard's component, and what to do.
+fn refused(name: &str, e: &aya::programs::ProgramError) -> String {
+    let chain = crate::rpc::error_chain(e);
+    if chain.contains("Operation not permitted") || chain.contains("os error 1)") {
+        format!(
+            "this kernel refuses freplace (BPF_PROG_TYPE_EXT) programs, which libxdp's dispatcher needs ({name}: {chain}); kernels in lockdown do. Put the guard into a root program's array ([datapath] chain), or give it an interface of its own (attach = \"direct\")"
+        )
+    } else {
+        format!("loading {name} as an freplace program of the dispatcher: {chain}")
+    }
+}
+
+/// A swap the kernel refused for a reason the frags rule explains.
+fn frags_hint(why: String) -> String {
+    if why.contains("Invalid argument") {
+        format!(
+            "{why} (a dispatcher of programs that all take multi-buffer frames goes on an interface whose MTU needs them only; the guard's component does not take them)"
+        )
+    } else {
+        why
+    }
 }
 
 /// Removes the pins of dispatchers that no interface runs any more (their interface was deleted:
@@ -563,20 +731,25 @@ pub fn sweep_stale(is_ours: &dyn Fn(u32, &[u32]) -> bool) -> Vec<PathBuf> {
 }
 
 /// Does the dispatcher on `ifindex` run program `prog_id`? The health check's "attached" in
-/// dispatcher mode. Returns the dispatcher's id, mode and the components' order.
+/// dispatcher mode. Read under libxdp's lock, so that a swap another loader makes is not
+/// seen half done (its new dispatcher attached, the old one's pins not yet removed). Returns
+/// the dispatcher's id, mode and the components' order.
 ///
 /// # Errors
 /// Why not, for the log.
 pub fn holds(ifindex: u32, prog_id: u32) -> Result<Joined, String> {
+    let _lock = Lock::acquire()?;
     match read(ifindex)? {
         OnIface::Nothing => Err("the interface runs no XDP program".to_string()),
-        OnIface::Other { id, name, .. } => Err(format!(
+        OnIface::Other { id, name } => Err(format!(
             "the interface runs program {id} ({name:?}) instead of a dispatcher"
         )),
+        OnIface::Unusable { why, .. } => Err(why),
         OnIface::Dispatcher(d) => {
             let joined = Joined {
                 dispatcher: d.id,
                 mode: d.mode,
+                replaced: false,
                 order: d
                     .components
                     .iter()
@@ -602,20 +775,16 @@ pub fn holds(ifindex: u32, prog_id: u32) -> Result<Joined, String> {
 /// # Errors
 /// Why not: no dispatcher object, or the kernel refuses freplace programs.
 pub fn probe(ext: &mut Extension) -> Result<(), String> {
-    let object = object_path()?;
     let config = DispatcherConfig {
         magic: MAGIC,
         dispatcher_version: VERSION,
         num_progs_enabled: 1,
         ..Default::default()
     };
-    let mut loaded = EbpfLoader::new()
-        .override_global("conf", &config, true)
-        .load_file(&object)
-        .map_err(|e| format!("loading {}: {e}", object.display()))?;
+    let mut loaded = load_dispatcher(&config)?;
     let dispatcher: &mut Xdp = loaded
         .program_mut(DISPATCHER_PROGRAM)
-        .ok_or_else(|| format!("{} has no {DISPATCHER_PROGRAM}", object.display()))?
+        .ok_or_else(|| format!("libxdp's dispatcher object has no {DISPATCHER_PROGRAM}"))?
         .try_into()
         .map_err(|e| format!("{DISPATCHER_PROGRAM}: {e}"))?;
     dispatcher.load().map_err(|e| {
@@ -628,10 +797,6 @@ pub fn probe(ext: &mut Extension) -> Result<(), String> {
         .fd()
         .and_then(|f| f.try_clone().map_err(Into::into))
         .map_err(|e| e.to_string())?;
-    ext.load(fd, "prog0").map_err(|e| {
-        format!(
-            "this kernel refuses freplace (BPF_PROG_TYPE_EXT) programs, which libxdp's dispatcher needs: {}",
-            crate::rpc::error_chain(&e)
-        )
-    })
+    ext.load(fd, DISPATCHER_PROGRAM)
+        .map_err(|e| refused(guard_common::map_names::EXT_PROGRAM, &e))
 }

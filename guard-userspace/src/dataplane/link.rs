@@ -22,6 +22,8 @@ use crate::dataplane::versioned_dir;
 /// `BPF_OBJ_GET` and `BPF_OBJ_GET_INFO_BY_FD` from `<linux/bpf.h>`.
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// `BPF_LINK_DETACH` (Linux 5.9).
+const BPF_LINK_DETACH: libc::c_long = 34;
 /// `BPF_LINK_TYPE_XDP` and `BPF_LINK_TYPE_TCX`.
 const BPF_LINK_TYPE_XDP: u32 = 6;
 const BPF_LINK_TYPE_TCX: u32 = 11;
@@ -68,7 +70,7 @@ pub fn check(pin_dir: &Path, iface: &str) -> LinkState {
     if crate::dataplane::parse_link_pin_name(&pin.file_name().unwrap_or_default().to_string_lossy())
         .is_some_and(|(_, mode)| mode == super::component::MODE)
     {
-        return super::component::check(pin_dir, iface, &pin);
+        return super::component::check(iface, &pin);
     }
     let Some(ifindex) = if_index(iface) else {
         return LinkState::no(format!("interface {iface} does not exist"));
@@ -129,6 +131,27 @@ fn link_ifindex_of(pin: &Path, link_type: u32) -> io::Result<Option<u32>> {
         return Ok(None);
     }
     Ok(Some(word(LINK_INFO_XDP_IFINDEX)))
+}
+
+/// Detaches the link pinned at `pin` now (`BPF_LINK_DETACH`) and removes the pin. Removing the
+/// pin alone frees the link only later (after an RCU grace period and a work queue), so the
+/// program would still be on the interface for a moment.
+///
+/// # Errors
+/// When the pin cannot be opened or removed, or the kernel refuses the detach.
+pub(crate) fn detach_pinned(pin: &Path) -> io::Result<()> {
+    let path = CString::new(pin.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the pin path"))?;
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // union bpf_attr for BPF_LINK_DETACH: link_fd (u32).
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(fd.as_raw_fd() as u32);
+    bpf(BPF_LINK_DETACH, &mut attr)?;
+    std::fs::remove_file(pin)
 }
 
 /// The bpf(2) system call with an attribute block of 128 bytes.

@@ -32,9 +32,12 @@ fn through_dispatcher(placement: Placement, previous: Option<&str>, ifindex: u32
         Placement::Dispatcher => true,
         Placement::Auto => match previous {
             Some(mode) => mode == component::MODE,
+            // A dispatcher the guard cannot join (another version) goes that way too, to be
+            // refused with the reason.
             None => matches!(
                 super::dispatcher::read(ifindex),
-                Ok(super::dispatcher::OnIface::Dispatcher(_))
+                Ok(super::dispatcher::OnIface::Dispatcher(_)
+                    | super::dispatcher::OnIface::Unusable { .. })
             ),
         },
     }
@@ -305,13 +308,25 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
             previous.map(|(_, m, _)| m.as_str()),
             ifindex,
         ) {
+            if let Some(next) = &opts.next {
+                return Err(LoadError::Dispatcher {
+                    iface: iface.clone(),
+                    why: format!(
+                        "datapath.next ({}) is set, but in libxdp's dispatcher the guard cannot tail-call it (the dispatcher runs the programs after the guard: load the next program through libxdp with a higher priority); remove datapath.next, or set datapath.attach = \"direct\" on an interface of the guard's own",
+                        next.display()
+                    ),
+                });
+            }
             if let Some((_, mode, path)) = previous
                 && mode != component::MODE
             {
+                // Only once the guard can be in a dispatcher here: a refusal leaves the
+                // guard on its link.
+                component::can_join(&mut datapath, iface)?;
                 tracing::warn!(
                     "{iface}: moving from its own link into libxdp's dispatcher; the interface is unguarded for the moment in between"
                 );
-                fs::remove_file(path).map_err(io_err("remove", path))?;
+                crate::dataplane::link::detach_pinned(path).map_err(io_err("detach", path))?;
             }
             attachments.push(component::join(
                 &mut datapath,
@@ -324,7 +339,19 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
             continue;
         }
         if let Some((_, _, path)) = previous.filter(|_| was_component) {
-            tracing::info!("{iface}: leaving libxdp's dispatcher to attach directly");
+            let others = component::others(&dir, iface, path);
+            if !others.is_empty() {
+                return Err(LoadError::Dispatcher {
+                    iface: iface.clone(),
+                    why: format!(
+                        "datapath.attach = \"direct\" needs the interface to itself, but its dispatcher also runs {}: unload them, or set datapath.attach = \"auto\" to stay beside them",
+                        others.join(", ")
+                    ),
+                });
+            }
+            tracing::warn!(
+                "{iface}: leaving libxdp's dispatcher to attach directly; the interface is unguarded for the moment in between"
+            );
             component::leave(&dir, iface, path)?;
         }
         let program = datapath.program_mut()?;
@@ -365,7 +392,11 @@ pub fn start(opts: &StartOptions) -> Result<Loaded, LoadError> {
                         "not adopting the pinned link {} ({why}); attaching afresh",
                         path.display()
                     );
-                    fs::remove_file(path).map_err(io_err("remove", path))?;
+                    // Detached now, not when bpffs gets to free it: the new attach must not
+                    // find the old link still on the interface.
+                    crate::dataplane::link::detach_pinned(path)
+                        .or_else(|_| fs::remove_file(path))
+                        .map_err(io_err("remove", path))?;
                 }
             }
         }

@@ -117,9 +117,7 @@ pub enum LoadError {
         id: u32,
         program: String,
     },
-    #[error(
-        "{iface}: cannot put the guard into libxdp's dispatcher: {why}. Set [datapath] attach = \"direct\" where the interface runs nothing else"
-    )]
+    #[error("{iface} (libxdp's dispatcher): {why}")]
     Dispatcher { iface: String, why: String },
     #[error("the next program {}", path.display())]
     Next {
