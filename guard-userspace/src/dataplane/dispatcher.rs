@@ -307,7 +307,8 @@ pub struct Ours<'a> {
 }
 
 enum Member<'a, 'b> {
-    Old(Component),
+    // Boxed: a component carries its program's data, the new one a reference.
+    Old(Box<Component>),
     New(&'b mut Ours<'a>),
 }
 
@@ -464,7 +465,7 @@ fn attempt_change(
                 d.components
                     .into_iter()
                     .filter(|c| !is_ours(c))
-                    .map(Member::Old),
+                    .map(|c| Member::Old(Box::new(c))),
             );
             (Some(d.fd), d.id, Some(d.mode))
         }
