@@ -198,9 +198,11 @@ fn measure(opts: &Options) -> Result<Table> {
         ]);
     }
     t.note(
-        "The dispatcher adds one call into the freplace component and the chain-call check \
-         after it; the last column also runs xdp-filter (all features, empty lists) for what \
-         the guard passes, and not for what it drops.",
+        "Alone in a dispatcher the guard replaces the dispatcher's own function (libxdp's \
+         layout for one program), so the difference to direct is the freplace trampoline. \
+         With two programs the dispatcher calls each slot in turn and checks the chain-call \
+         action in between; the last column also runs xdp-filter (all features, empty lists) \
+         for what the guard passes, and not for what it drops.",
     );
     let _ = fs::remove_file(&file);
     drop(unload);
