@@ -122,7 +122,9 @@ pub fn object_path() -> Result<PathBuf, String> {
 struct Lock(#[allow(dead_code)] File);
 
 impl Lock {
-    fn acquire() -> Result<Self, String> {
+    /// Waits at most `patience` for the lock: a loader that hangs holding it must not hang the
+    /// daemon (its health tick reads under it).
+    fn acquire(patience: std::time::Duration) -> Result<Self, String> {
         let dir = xdp_dir();
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
@@ -130,17 +132,30 @@ impl Lock {
             Err(e) => return Err(format!("creating {}: {e}", dir.display())),
         }
         let f = File::open(&dir).map_err(|e| format!("opening {}: {e}", dir.display()))?;
-        // SAFETY: flock(2) on a descriptor this function owns.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(format!(
-                "locking {}: {}",
-                dir.display(),
-                std::io::Error::last_os_error()
-            ));
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            // SAFETY: flock(2) on a descriptor this function owns.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Self(f));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(format!("locking {}: {e}", dir.display()));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "another loader has held libxdp's lock on {} for over {patience:?} (a hung xdp-loader?)",
+                    dir.display()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        Ok(Self(f))
     }
 }
+
+/// How long a change waits for libxdp's lock, and the health check.
+const CHANGE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+const CHECK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// A program already in a dispatcher, from its pins.
 pub struct Component {
@@ -380,7 +395,7 @@ pub fn change(
 ) -> Result<Option<Joined>, String> {
     let mut last = String::new();
     for attempt in 0..TRIES {
-        let lock = Lock::acquire()?;
+        let lock = Lock::acquire(CHANGE_PATIENCE)?;
         match attempt_change(ifindex, ours.as_deref_mut(), is_ours, modes) {
             Err(Change::Raced(why)) => {
                 drop(lock);
@@ -696,7 +711,7 @@ fn frags_hint(why: String) -> String {
 /// but that hold one of our components (`is_ours(id, map ids)`). Another loader's dispatchers
 /// are not touched. Returns the directories removed.
 pub fn sweep_stale(is_ours: &dyn Fn(u32, &[u32]) -> bool) -> Vec<PathBuf> {
-    let Ok(_lock) = Lock::acquire() else {
+    let Ok(_lock) = Lock::acquire(CHANGE_PATIENCE) else {
         return Vec::new();
     };
     let mut removed = Vec::new();
@@ -739,7 +754,9 @@ pub fn sweep_stale(is_ours: &dyn Fn(u32, &[u32]) -> bool) -> Vec<PathBuf> {
 /// # Errors
 /// Why not, for the log.
 pub fn holds(ifindex: u32, prog_id: u32) -> Result<Joined, String> {
-    let _lock = Lock::acquire()?;
+    // Without the lock if another loader holds it long: a read that may see a swap half
+    // done beats no answer.
+    let _lock = Lock::acquire(CHECK_PATIENCE).ok();
     match read(ifindex)? {
         OnIface::Nothing => Err("the interface runs no XDP program".to_string()),
         OnIface::Other { id, name } => Err(format!(
