@@ -333,7 +333,8 @@ impl Member<'_, '_> {
     fn key(&self) -> (u32, &str, bool, u64) {
         match self {
             Self::Old(c) => (c.priority, &c.name, false, c.tag),
-            Self::New(n) => (n.priority, n.name, true, 0),
+            // Loaded already (into another interface's dispatcher): sorted as loaded.
+            Self::New(n) => (n.priority, n.name, n.ext.fd().is_err(), 0),
         }
     }
 }
