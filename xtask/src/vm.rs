@@ -73,7 +73,12 @@ mount -t bpf bpf /host/sys/fs/bpf
 mount -t cgroup2 cgroup2 /host/sys/fs/cgroup
 mount -t debugfs debugfs /host/sys/kernel/debug
 mount -t tracefs tracefs /host/sys/kernel/tracing
-for d in /host/tmp /host/run /host/var/tmp; do mount -t tmpfs tmp $d; done
+# The host's /tmp, kept reachable under /run before a tmpfs covers it: cmd.sh binds back the
+# directories it needs (a clone under /tmp).
+mount -t tmpfs run /host/run
+mkdir -p /host/run/guard-vm-host-tmp
+mount --bind /host/tmp /host/run/guard-vm-host-tmp
+for d in /host/tmp /host/var/tmp; do mount -t tmpfs tmp $d; done
 # Debian's /var/run is a link to /run; anything else gets its own tmpfs.
 [ -L /host/var/run ] || mount -t tmpfs run /host/var/run
 mkdir -p /host/run/guard-vm /host/run/guard-vm-init
@@ -576,6 +581,7 @@ fn cmd_script(argv: &[String], envs: &[(String, String)], cwd: &Path) -> String 
             s += &format!("export {k}={}\n", sh_quote(v));
         }
     }
+    s += &tmp_binds(argv, envs, cwd);
     s += &format!("cd {} || exit 126\n", sh_quote(&cwd.to_string_lossy()));
     s += &argv
         .iter()
@@ -585,6 +591,31 @@ fn cmd_script(argv: &[String], envs: &[(String, String)], cwd: &Path) -> String 
     s.push('\n');
     s
 }
+
+/// The host's directories under /tmp that `cwd`, the command and the environment name (a clone
+/// checked out under /tmp, its target dir): the VM's /tmp is a tmpfs of its own, so each is
+/// bound back in, read-only, from the host's /tmp that /init keeps at `HOST_TMP`.
+fn tmp_binds(argv: &[String], envs: &[(String, String)], cwd: &Path) -> String {
+    let mut dirs: Vec<String> = std::iter::once(cwd.to_string_lossy().into_owned())
+        .chain(argv.iter().cloned())
+        .chain(envs.iter().map(|(_, v)| v.clone()))
+        .filter_map(|p| {
+            let name = p.strip_prefix("/tmp/")?.split('/').next()?.to_owned();
+            (!name.is_empty() && Path::new("/tmp").join(&name).is_dir()).then_some(name)
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs.iter()
+        .map(|d| {
+            let d = sh_quote(d);
+            format!("mkdir -p /tmp/{d} && mount --bind {HOST_TMP}/{d} /tmp/{d} || exit 126\n")
+        })
+        .collect()
+}
+
+/// Where /init keeps the host's /tmp (see `INIT`).
+pub const HOST_TMP: &str = "/run/guard-vm-host-tmp";
 
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))

@@ -332,6 +332,25 @@ fn script(argv: &[String], envs: &[(String, String)], cwd: &Path) -> String {
             s += &format!("export {k}={}\n", q(v));
         }
     }
+    // The host's directories under /tmp the command needs (a clone checked out there): the
+    // VM's /tmp is its own tmpfs, and its /init keeps the host's at /run/guard-vm-host-tmp
+    // (xtask/src/vm.rs).
+    let mut dirs: Vec<String> = std::iter::once(cwd.to_string_lossy().into_owned())
+        .chain(argv.iter().cloned())
+        .chain(envs.iter().map(|(_, v)| v.clone()))
+        .filter_map(|p| {
+            let name = p.strip_prefix("/tmp/")?.split('/').next()?.to_owned();
+            (!name.is_empty() && Path::new("/tmp").join(&name).is_dir()).then_some(name)
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for d in dirs {
+        let d = q(&d);
+        s += &format!(
+            "mkdir -p /tmp/{d} && mount --bind /run/guard-vm-host-tmp/{d} /tmp/{d} || exit 126\n"
+        );
+    }
     s += &format!("cd {} || exit 126\n", q(&cwd.to_string_lossy()));
     s += &argv.iter().map(|a| q(a)).collect::<Vec<_>>().join(" ");
     s + "\n"
