@@ -366,25 +366,7 @@ impl XdpFilter {
 
     /// Action and mean ns per run, through `bpftool prog run ... repeat N`.
     fn run(&self, packet: &[u8], repeat: u32) -> Result<(u32, f64)> {
-        fs::write(&self.packet_file, packet)?;
-        let file = self.packet_file.to_string_lossy().into_owned();
-        let text = sh_out(&[
-            "bpftool",
-            "-j",
-            "prog",
-            "run",
-            "id",
-            &self.prog_id,
-            "data_in",
-            &file,
-            "repeat",
-            &repeat.to_string(),
-        ])?;
-        let json: serde_json::Value = serde_json::from_str(text.trim())
-            .with_context(|| format!("bpftool prog run printed no JSON: {text}"))?;
-        let retval = json["retval"].as_u64().context("no retval")?;
-        let duration = json["duration"].as_u64().context("no duration")?;
-        Ok((retval as u32, duration as f64))
+        prog_run(&self.prog_id, packet, repeat, &self.packet_file)
     }
 }
 
@@ -397,6 +379,34 @@ impl Drop for XdpFilter {
             let _ = fs::remove_dir(d);
         }
     }
+}
+
+/// Action and mean ns per run of program `id` on `packet` (written to `file`), through
+/// `bpftool prog run ... repeat N`.
+pub fn prog_run(
+    id: &str,
+    packet: &[u8],
+    repeat: u32,
+    file: &std::path::Path,
+) -> Result<(u32, f64)> {
+    fs::write(file, packet)?;
+    let text = sh_out(&[
+        "bpftool",
+        "-j",
+        "prog",
+        "run",
+        "id",
+        id,
+        "data_in",
+        &file.to_string_lossy(),
+        "repeat",
+        &repeat.to_string(),
+    ])?;
+    let json: serde_json::Value = serde_json::from_str(text.trim())
+        .with_context(|| format!("bpftool prog run printed no JSON: {text}"))?;
+    let retval = json["retval"].as_u64().context("no retval")?;
+    let duration = json["duration"].as_u64().context("no duration")?;
+    Ok((retval as u32, duration as f64))
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {

@@ -16,7 +16,8 @@ use guard::{
 use guard_common::ListEntry;
 
 use crate::{
-    netns::{Testbed, run_in, sh_net, sh_out, xdp_prog_id},
+    cost::prog_run,
+    netns::{Testbed, run_in, sh_net, xdp_prog_id},
     packet::Udp,
     report::{Section, Table, ratio},
 };
@@ -114,28 +115,6 @@ impl Drop for Guard {
     }
 }
 
-/// Action and mean ns per run of program `id` on `packet`, through `bpftool prog run`.
-fn prog_run(id: u32, packet: &[u8], repeat: u32, file: &PathBuf) -> Result<(u32, f64)> {
-    fs::write(file, packet)?;
-    let text = sh_out(&[
-        "bpftool",
-        "-j",
-        "prog",
-        "run",
-        "id",
-        &id.to_string(),
-        "data_in",
-        &file.to_string_lossy(),
-        "repeat",
-        &repeat.to_string(),
-    ])?;
-    let json: serde_json::Value = serde_json::from_str(text.trim())
-        .with_context(|| format!("bpftool prog run printed no JSON: {text}"))?;
-    let retval = json["retval"].as_u64().context("no retval")?;
-    let duration = json["duration"].as_u64().context("no duration")?;
-    Ok((retval as u32, duration as f64))
-}
-
 fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied()
@@ -180,7 +159,7 @@ fn measure(opts: &Options) -> Result<Table> {
         for _ in 0..opts.rounds {
             crate::signal::check()?;
             for (i, id) in programs.iter().enumerate() {
-                let (action, ns) = prog_run(*id, packet, opts.repeat, &file)?;
+                let (action, ns) = prog_run(&id.to_string(), packet, opts.repeat, &file)?;
                 if action != *want {
                     bail!("{name}: program {id} returned {action}, expected {want}");
                 }

@@ -434,10 +434,11 @@ fn slot_function(i: usize, n: usize) -> String {
     }
 }
 
-/// Loads libxdp's dispatcher object with `config`.
-fn load_dispatcher(config: &DispatcherConfig) -> Result<aya::Ebpf, String> {
+/// Loads libxdp's dispatcher object with `config`, and its program: the object, the
+/// program's descriptor and its id.
+fn load_dispatcher(config: &DispatcherConfig) -> Result<(aya::Ebpf, ProgramFd, u32), String> {
     let object = object_path()?;
-    EbpfLoader::new()
+    let mut loaded = EbpfLoader::new()
         .override_global("conf", config, true)
         .load_file(&object)
         .map_err(|e| {
@@ -453,7 +454,24 @@ fn load_dispatcher(config: &DispatcherConfig) -> Result<aya::Ebpf, String> {
                     crate::rpc::error_chain(&e)
                 )
             }
-        })
+        })?;
+    let dispatcher: &mut Xdp = loaded
+        .program_mut(DISPATCHER_PROGRAM)
+        .ok_or_else(|| format!("{} has no {DISPATCHER_PROGRAM}", object.display()))?
+        .try_into()
+        .map_err(|e| format!("{DISPATCHER_PROGRAM}: {e}"))?;
+    dispatcher.load().map_err(|e| {
+        format!(
+            "loading {DISPATCHER_PROGRAM}: {}",
+            crate::rpc::error_chain(&e)
+        )
+    })?;
+    let fd = dispatcher
+        .fd()
+        .and_then(|f| f.try_clone().map_err(Into::into))
+        .map_err(|e| e.to_string())?;
+    let id = dispatcher.info().map_err(|e| e.to_string())?.id();
+    Ok((loaded, fd, id))
 }
 
 fn attempt_change(
@@ -551,21 +569,8 @@ fn attempt_change(
         config.run_prios[i] = priority;
         config.program_flags[i] = flags;
     }
-    let mut loaded = load_dispatcher(&config)?;
-    let dispatcher: &mut Xdp = loaded
-        .program_mut(DISPATCHER_PROGRAM)
-        .ok_or_else(|| format!("libxdp's dispatcher object has no {DISPATCHER_PROGRAM}"))?
-        .try_into()
-        .map_err(|e| format!("{DISPATCHER_PROGRAM}: {e}"))?;
-    dispatcher.load().map_err(|e| {
-        format!(
-            "loading {DISPATCHER_PROGRAM}: {}",
-            crate::rpc::error_chain(&e)
-        )
-    })?;
-    let fd = dispatcher.fd().map_err(|e| e.to_string())?;
-    let fd = fd.try_clone().map_err(|e| e.to_string())?;
-    let id = dispatcher.info().map_err(|e| e.to_string())?.id();
+    // Kept to the end: the object's maps stay with the dispatcher until it is attached.
+    let (_loaded, fd, id) = load_dispatcher(&config)?;
     let dir = dispatch_dir(ifindex, id);
     fs::DirBuilder::new()
         .mode(0o700)
@@ -800,22 +805,7 @@ pub fn probe(ext: &mut Extension) -> Result<(), String> {
         num_progs_enabled: 1,
         ..Default::default()
     };
-    let mut loaded = load_dispatcher(&config)?;
-    let dispatcher: &mut Xdp = loaded
-        .program_mut(DISPATCHER_PROGRAM)
-        .ok_or_else(|| format!("libxdp's dispatcher object has no {DISPATCHER_PROGRAM}"))?
-        .try_into()
-        .map_err(|e| format!("{DISPATCHER_PROGRAM}: {e}"))?;
-    dispatcher.load().map_err(|e| {
-        format!(
-            "loading {DISPATCHER_PROGRAM}: {}",
-            crate::rpc::error_chain(&e)
-        )
-    })?;
-    let fd = dispatcher
-        .fd()
-        .and_then(|f| f.try_clone().map_err(Into::into))
-        .map_err(|e| e.to_string())?;
+    let (_loaded, fd, _) = load_dispatcher(&config)?;
     ext.load(fd, DISPATCHER_PROGRAM)
         .map_err(|e| refused(guard_common::map_names::EXT_PROGRAM, &e))
 }

@@ -110,15 +110,7 @@ pub(crate) fn tcx_link_ifindex(pin: &Path) -> io::Result<Option<u32>> {
 }
 
 fn link_ifindex_of(pin: &Path, link_type: u32) -> io::Result<Option<u32>> {
-    let path = CString::new(pin.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the pin path"))?;
-    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags. The rest stays zero,
-    // as the kernel requires of the bytes it does not use.
-    let mut attr = [0u64; 16];
-    attr[0] = path.as_ptr() as u64;
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
-    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = obj_get(pin)?;
 
     let mut info = [0u8; 256];
     // union bpf_attr for BPF_OBJ_GET_INFO_BY_FD: bpf_fd (u32), info_len (u32), info (u64).
@@ -140,18 +132,25 @@ fn link_ifindex_of(pin: &Path, link_type: u32) -> io::Result<Option<u32>> {
 /// # Errors
 /// When the pin cannot be opened or removed, or the kernel refuses the detach.
 pub(crate) fn detach_pinned(pin: &Path) -> io::Result<()> {
-    let path = CString::new(pin.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the pin path"))?;
-    let mut attr = [0u64; 16];
-    attr[0] = path.as_ptr() as u64;
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
-    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = obj_get(pin)?;
     // union bpf_attr for BPF_LINK_DETACH: link_fd (u32).
     let mut attr = [0u64; 16];
     attr[0] = u64::from(fd.as_raw_fd() as u32);
     bpf(BPF_LINK_DETACH, &mut attr)?;
     std::fs::remove_file(pin)
+}
+
+/// Opens the BPF object pinned at `pin` (`BPF_OBJ_GET`).
+fn obj_get(pin: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(pin.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the pin path"))?;
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags. The rest stays zero,
+    // as the kernel requires of the bytes it does not use.
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The bpf(2) system call with an attribute block of 128 bytes.
