@@ -15,20 +15,13 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use guard::{
-    cidr::Cidr,
     datapath::{Datapath, List},
     dataplane::link,
     ebpf::{self, AttachMode, ChainSlot, Loaded, Placement, StartOptions},
 };
-use guard_common::{ListEntry, reason};
-use support::netns::{
-    Testbed, big_rcvbuf, blast, drain_counts, in_netns, live_or_skip, udp_in, warm_up,
-};
-
-const SRV_ATK: &str = "198.18.1.1";
-const ATK: &str = "198.18.1.2";
-const SRV_LEG: &str = "198.18.2.1";
-const LEG: &str = "198.18.2.2";
+use guard_common::reason;
+use support::netns::{Testbed, in_netns, live_or_skip};
+use support::twolinks::{Bed, bed, deny, exchange};
 
 /// The names in guard-ebpf/src/testroot.rs.
 const ROOT_PROGRAM: &str = "guard_testroot";
@@ -36,32 +29,6 @@ const NEXT_PROGRAM: &str = "guard_testnext";
 const ROOT_PROGS: &str = "TESTROOT_PROGS";
 const ROOT_FALLS: &str = "TESTROOT_FALLS";
 const NEXT_SEEN: &str = "TESTNEXT_SEEN";
-
-struct Bed {
-    tb: Testbed,
-    srv: String,
-    atk: String,
-    leg: String,
-    ifaces: Vec<String>,
-}
-
-fn bed() -> Bed {
-    let mut tb = Testbed::with_prefix("c17");
-    let srv = tb.netns("s");
-    let atk = tb.netns("a");
-    let leg = tb.netns("l");
-    let (s1, _) = tb.link(&srv, &format!("{SRV_ATK}/24"), &atk, &format!("{ATK}/24"));
-    let (s2, _) = tb.link(&srv, &format!("{SRV_LEG}/24"), &leg, &format!("{LEG}/24"));
-    warm_up(&atk, SRV_ATK);
-    warm_up(&leg, SRV_LEG);
-    Bed {
-        tb,
-        srv,
-        atk,
-        leg,
-        ifaces: vec![s1, s2],
-    }
-}
 
 /// The root and next programs, loaded from guard-ebpf's `guard-testroot` object: the root's
 /// program array pinned at `<dir>/progs`, the next program pinned at `<dir>/next`. Dropping
@@ -175,34 +142,6 @@ fn start_in(
     })
 }
 
-/// Sends `n` datagrams from each client; returns how many arrived from (attacker, legit).
-fn exchange(b: &Bed, n: u32) -> (u32, u32) {
-    let sink1 = udp_in(&b.srv, &format!("{SRV_ATK}:9000"));
-    let sink2 = udp_in(&b.srv, &format!("{SRV_LEG}:9000"));
-    big_rcvbuf(&sink1);
-    big_rcvbuf(&sink2);
-    let a = udp_in(&b.atk, &format!("{ATK}:0"));
-    let l = udp_in(&b.leg, &format!("{LEG}:0"));
-    let sent_a = blast(&a, &format!("{SRV_ATK}:9000"), n, Duration::from_secs(5));
-    let sent_l = blast(&l, &format!("{SRV_LEG}:9000"), n, Duration::from_secs(5));
-    assert_eq!((sent_a, sent_l), (n, n), "the senders could not send");
-    let got_a = drain_counts(&sink1, Duration::from_millis(300));
-    let got_l = drain_counts(&sink2, Duration::from_millis(300));
-    (
-        got_a.get(&ATK.parse().unwrap()).copied().unwrap_or(0),
-        got_l.get(&LEG.parse().unwrap()).copied().unwrap_or(0),
-    )
-}
-
-fn deny(d: &mut impl Datapath, cidr: &str) {
-    d.list_insert(
-        List::Deny,
-        &cidr.parse::<Cidr>().unwrap(),
-        ListEntry::default(),
-    )
-    .unwrap();
-}
-
 fn denied(d: &impl Datapath) -> u64 {
     d.counters()
         .unwrap()
@@ -217,7 +156,7 @@ fn in_a_root_programs_slot_the_guard_filters_passes_on_to_next_survives_restart_
     if !live_or_skip("live chain") {
         return;
     }
-    let b = bed();
+    let b = bed("c17");
     let mut root = Root::load(&b.tb.tag);
     for i in &b.ifaces {
         root.attach(&b.srv, i);
@@ -299,7 +238,7 @@ fn as_the_root_the_guard_tail_calls_next_for_what_it_passes_only() {
     if !live_or_skip("live next") {
         return;
     }
-    let b = bed();
+    let b = bed("c17");
     let root = Root::load(&b.tb.tag);
     let mut loaded = start_in(&b, b.ifaces.clone(), None, Some(root.next_pin())).unwrap();
     assert!(loaded.attachments.iter().all(|a| a.mode == "generic"));
@@ -324,7 +263,7 @@ fn an_interface_that_runs_a_foreign_xdp_program_is_refused_not_replaced() {
     if !live_or_skip("live occupied") {
         return;
     }
-    let b = bed();
+    let b = bed("c17");
     let mut root = Root::load(&b.tb.tag);
     root.attach(&b.srv, &b.ifaces[0]);
     let err = start_in(&b, b.ifaces.clone(), None, None)
@@ -367,7 +306,7 @@ fn guard_run_in_chain_mode_shows_the_slot_and_next_and_puts_itself_back_into_an_
     if !live_or_skip("live chain daemon") {
         return;
     }
-    let mut b = bed();
+    let mut b = bed("c17");
     let mut root = Root::load(&b.tb.tag);
     for i in &b.ifaces.clone() {
         root.attach(&b.srv, i);

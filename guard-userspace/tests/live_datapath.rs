@@ -2,49 +2,13 @@
 //! real UDP packets flow, and what arrives is counted. Also pinning, adoption and detach.
 mod support;
 
-use std::time::Duration;
-
 use guard::{
-    cidr::Cidr,
     datapath::{Datapath, List},
     ebpf::{self, AttachMode, Loaded, Placement, StartOptions},
 };
-use guard_common::{ListEntry, reason};
-use support::netns::{
-    Testbed, big_rcvbuf, blast, drain_counts, in_netns, live_or_skip, udp_in, warm_up,
-};
-
-const SRV_ATK: &str = "198.18.1.1";
-const ATK: &str = "198.18.1.2";
-const SRV_LEG: &str = "198.18.2.1";
-const LEG: &str = "198.18.2.2";
-
-/// Server namespace with two links: one to an attacker, one to a legitimate client.
-struct Bed {
-    tb: Testbed,
-    srv: String,
-    atk: String,
-    leg: String,
-    ifaces: Vec<String>,
-}
-
-fn bed() -> Bed {
-    let mut tb = Testbed::new();
-    let srv = tb.netns("s");
-    let atk = tb.netns("a");
-    let leg = tb.netns("l");
-    let (s1, _) = tb.link(&srv, &format!("{SRV_ATK}/24"), &atk, &format!("{ATK}/24"));
-    let (s2, _) = tb.link(&srv, &format!("{SRV_LEG}/24"), &leg, &format!("{LEG}/24"));
-    warm_up(&atk, SRV_ATK);
-    warm_up(&leg, SRV_LEG);
-    Bed {
-        tb,
-        srv,
-        atk,
-        leg,
-        ifaces: vec![s1, s2],
-    }
-}
+use guard_common::reason;
+use support::netns::{in_netns, live_or_skip};
+use support::twolinks::{ATK, Bed, SRV_ATK, bed, deny, exchange, exchange2};
 
 fn start_in(b: &Bed, mode: AttachMode) -> Loaded {
     let opts = StartOptions {
@@ -61,45 +25,12 @@ fn start_in(b: &Bed, mode: AttachMode) -> Loaded {
     })
 }
 
-/// Sends `n` datagrams from each client; returns how many arrived from (attacker, legit).
-fn exchange(b: &Bed, n: u32) -> (u32, u32) {
-    exchange2(b, n, n)
-}
-
-/// Sends `na` datagrams from the attacker, then `nl` from the legitimate client.
-fn exchange2(b: &Bed, na: u32, nl: u32) -> (u32, u32) {
-    let sink1 = udp_in(&b.srv, &format!("{SRV_ATK}:9000"));
-    let sink2 = udp_in(&b.srv, &format!("{SRV_LEG}:9000"));
-    big_rcvbuf(&sink1);
-    big_rcvbuf(&sink2);
-    let a = udp_in(&b.atk, &format!("{ATK}:0"));
-    let l = udp_in(&b.leg, &format!("{LEG}:0"));
-    let sent_a = blast(&a, &format!("{SRV_ATK}:9000"), na, Duration::from_secs(5));
-    let sent_l = blast(&l, &format!("{SRV_LEG}:9000"), nl, Duration::from_secs(5));
-    assert_eq!((sent_a, sent_l), (na, nl), "the senders could not send");
-    let got_a = drain_counts(&sink1, Duration::from_millis(300));
-    let got_l = drain_counts(&sink2, Duration::from_millis(300));
-    (
-        got_a.get(&ATK.parse().unwrap()).copied().unwrap_or(0),
-        got_l.get(&LEG.parse().unwrap()).copied().unwrap_or(0),
-    )
-}
-
-fn deny(d: &mut impl Datapath, cidr: &str) {
-    d.list_insert(
-        List::Deny,
-        &cidr.parse::<Cidr>().unwrap(),
-        ListEntry::default(),
-    )
-    .unwrap();
-}
-
 #[test]
 fn a_denied_source_stops_arriving_while_another_keeps_getting_through() {
     if !live_or_skip("live deny") {
         return;
     }
-    let b = bed();
+    let b = bed("g");
     let mut loaded = start_in(&b, AttachMode::Auto);
     assert_eq!(
         loaded.attachments.len(),
@@ -124,7 +55,7 @@ fn a_flooding_source_is_banned_and_the_ban_expires() {
     if !live_or_skip("live ban") {
         return;
     }
-    let b = bed();
+    let b = bed("g");
     let mut loaded = start_in(&b, AttachMode::Auto);
     loaded
         .datapath
@@ -163,7 +94,7 @@ fn pins_keep_protection_when_the_loader_dies_and_a_new_start_adopts_them() {
     if !live_or_skip("live pins") {
         return;
     }
-    let b = bed();
+    let b = bed("g");
     let mut first = start_in(&b, AttachMode::Generic);
     assert!(
         first
@@ -221,7 +152,7 @@ fn attaching_to_a_missing_interface_is_a_clear_error() {
     if !live_or_skip("live missing iface") {
         return;
     }
-    let b = bed();
+    let b = bed("g");
     let opts = StartOptions {
         interfaces: vec!["gnone0".into()],
         mode: AttachMode::Auto,
@@ -243,7 +174,7 @@ fn an_interface_with_a_dot_in_its_name_is_protected_and_adopted() {
     if !live_or_skip("live dotted iface") {
         return;
     }
-    let mut b = bed();
+    let mut b = bed("g");
     // VLAN interfaces are usually named like eth0.100; bpffs refuses dots in pin names.
     let dotted = format!("{}.9", &b.ifaces[0][..b.ifaces[0].len().min(12)]);
     support::netns::sh(&[
@@ -275,41 +206,17 @@ fn a_pinned_link_on_a_recreated_interface_is_replaced_not_adopted() {
     if !live_or_skip("live recreated iface") {
         return;
     }
-    let b = bed();
+    let b = bed("g");
     let mut first = start_in(&b, AttachMode::Generic);
     deny(&mut first.datapath, "198.18.1.2");
     drop(first);
     // The attacker-facing interface goes away and comes back under the same name.
     support::netns::sh(&["ip", "-n", &b.srv, "link", "del", &b.ifaces[0]]);
     let peer = format!("{}b", &b.ifaces[0][..b.ifaces[0].len() - 1]);
-    support::netns::sh(&[
-        "ip",
-        "link",
-        "add",
-        &b.ifaces[0],
-        "netns",
-        &b.srv,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &peer,
-        "netns",
-        &b.atk,
-    ]);
-    for (ns, dev, addr) in [(&b.srv, &b.ifaces[0], SRV_ATK), (&b.atk, &peer, ATK)] {
-        support::netns::sh(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            dev,
-        ]);
-        support::netns::sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-    }
+    support::netns::veth(
+        (&b.srv, &b.ifaces[0], &format!("{SRV_ATK}/24")),
+        (&b.atk, &peer, &format!("{ATK}/24")),
+    );
     support::netns::warm_up(&b.atk, SRV_ATK);
     let second = start_in(&b, AttachMode::Generic);
     let a = second
@@ -340,7 +247,7 @@ fn pinned_state_of_an_incompatible_layout_is_replaced_cleanly() {
     if !live_or_skip("live incompatible pins") {
         return;
     }
-    let b = bed();
+    let b = bed("g");
     // A map pinned where the config map goes, with another value size (as an older layout).
     let maps = guard::ebpf::versioned_dir(&b.tb.pin_dir).join("maps");
     std::fs::create_dir_all(&maps).unwrap();

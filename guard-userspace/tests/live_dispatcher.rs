@@ -86,29 +86,10 @@ impl Bed {
     /// Deletes the veth pair and makes it anew under the same names (a new ifindex).
     fn recreate(&self) {
         sh(&["ip", "-n", &self.srv, "link", "del", &self.iface]);
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &self.iface,
-            "netns",
-            &self.srv,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &self.peer,
-            "netns",
-            &self.cli,
-        ]);
-        for (ns, dev, addr) in [
-            (&self.srv, &self.iface, SRV),
-            (&self.cli, &self.peer, CLEAN),
-        ] {
-            let addr = format!("{addr}/24");
-            sh(&["ip", "-n", ns, "addr", "add", &addr, "dev", dev]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
+        support::netns::veth(
+            (&self.srv, &self.iface, &format!("{SRV}/24")),
+            (&self.cli, &self.peer, &format!("{CLEAN}/24")),
+        );
         self.addresses();
     }
 

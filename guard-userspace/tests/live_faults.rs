@@ -203,37 +203,10 @@ fn an_interface_deleted_and_made_anew_is_attached_again_and_drops_a_denied_sourc
     let tc_before = guard_tc_links();
     // The veth pair deleted and made anew under the same names (a new ifindex).
     sh(&["ip", "-n", &b.srv, "link", "del", &b.iface]);
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        &b.iface,
-        "netns",
-        &b.srv,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &b.peer_iface,
-        "netns",
-        &b.peer,
-    ]);
-    for (ns, dev, addr) in [
-        (&b.srv, &b.iface, &b.srv_addr),
-        (&b.peer, &b.peer_iface, &b.peer_addr),
-    ] {
-        sh(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            dev,
-        ]);
-        sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-    }
+    support::netns::veth(
+        (&b.srv, &b.iface, &format!("{}/24", b.srv_addr)),
+        (&b.peer, &b.peer_iface, &format!("{}/24", b.peer_addr)),
+    );
     let t = Instant::now();
     let after = wait_for(WAIT, || {
         let a = b.json(&["status"])["attachments"][0].clone();

@@ -5,6 +5,7 @@
 pub mod netns;
 pub mod packet;
 pub mod raw;
+pub mod twolinks;
 pub mod vm;
 
 use std::{

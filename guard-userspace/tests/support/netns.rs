@@ -105,14 +105,7 @@ impl Testbed {
         let a = format!("{v}{}{n}a", self.tag);
         let b = format!("{v}{}{n}b", self.tag);
         assert!(a.len() <= 15, "interface name {a} too long");
-        sh(&[
-            "ip", "link", "add", &a, "netns", a_ns, "type", "veth", "peer", "name", &b, "netns",
-            b_ns,
-        ]);
-        for (ns, dev, addr) in [(a_ns, &a, a_addr), (b_ns, &b, b_addr)] {
-            sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
+        veth((a_ns, &a, a_addr), (b_ns, &b, b_addr));
         (a, b)
     }
 
@@ -274,6 +267,18 @@ impl Testbed {
 
     pub fn pid(&self, i: usize) -> u32 {
         self.daemons[i].id()
+    }
+}
+
+/// A veth pair named `a` in `a_ns` and `b` in `b_ns`, with those addresses (CIDR), up: what
+/// `Testbed::link` makes, and how a test makes a deleted pair anew under the same names.
+pub fn veth((a_ns, a, a_addr): (&str, &str, &str), (b_ns, b, b_addr): (&str, &str, &str)) {
+    sh(&[
+        "ip", "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
+    ]);
+    for (ns, dev, addr) in [(a_ns, a, a_addr), (b_ns, b, b_addr)] {
+        sh(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
+        sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
     }
 }
 
