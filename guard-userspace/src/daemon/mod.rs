@@ -178,9 +178,10 @@ struct Daemon<D: Datapath> {
     sources: Mutex<Option<(usize, Instant)>>,
     /// Whether the program is attached to an interface (the kernel's answer, or a test's).
     link_check: fn(&Path, &str) -> LinkState,
-    /// An interface's index, if it exists (the kernel's answer, or a test's).
-    if_index: fn(&str) -> Option<u32>,
-    /// Interfaces a re-attachment failed on, with the index it was tried at.
+    /// What an attachment is on now: an interface's index, or what holds a chain slot (the
+    /// kernel's answer, or a test's). A failed re-attachment is retried when it changes.
+    target_now: fn(&str) -> Option<u32>,
+    /// Attachments a re-attachment failed on, with the target it was tried at.
     reattach_failed: Mutex<std::collections::HashMap<String, u32>>,
     /// When the learned rates were last saved.
     learned_saved: Mutex<Instant>,
@@ -219,7 +220,7 @@ impl<D: Datapath + BanEvents> Daemon<D> {
             published,
             sources: Mutex::new(None),
             link_check: crate::dataplane::link::check,
-            if_index: crate::dataplane::link::if_index,
+            target_now: crate::dataplane::link::target_now,
             reattach_failed: Mutex::new(std::collections::HashMap::new()),
             learned_saved: Mutex::new(Instant::now()),
             ban_events: Mutex::new(None),

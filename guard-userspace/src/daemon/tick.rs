@@ -195,18 +195,9 @@ impl<D: Datapath + BanEvents> Daemon<D> {
         for i in 0..control.attachments().len() {
             let a = control.attachments()[i].clone();
             let mut state = (self.link_check)(&pin_dir, &a.iface);
-            // A chain slot has no index: one attempt each time what holds the slot changes
-            // (the id of the program in it; 0 when empty).
             let chain = a.mode == "chain";
-            let index = if chain {
-                crate::dataplane::chain::parse_label(&a.iface)
-                    .and_then(|slot| crate::dataplane::chain::slot_prog_id(&slot).ok())
-                    .map(|id| id.unwrap_or(0))
-            } else {
-                (self.if_index)(&a.iface)
-            };
             if !state.attached
-                && let Some(now) = index
+                && let Some(now) = (self.target_now)(&a.iface)
                 && failed.get(&a.iface) != Some(&now)
             {
                 match control.reattach(i) {

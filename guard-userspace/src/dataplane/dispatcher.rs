@@ -213,7 +213,9 @@ fn other_version(what: &str, version: &str) -> String {
     )
 }
 
-fn program_info(id: u32) -> Result<ProgramInfo, String> {
+/// The kernel's info on program `id` (aya 0.14 has no lookup by id: a walk of the loaded
+/// programs).
+pub(super) fn program_info(id: u32) -> Result<ProgramInfo, String> {
     loaded_programs()
         .filter_map(Result::ok)
         .find(|p| p.id() == id)

@@ -93,6 +93,18 @@ pub fn check(pin_dir: &Path, iface: &str) -> LinkState {
     }
 }
 
+/// What the attachment `label` is on now, for the daemon's one re-attachment per change: an
+/// interface's index (None if it does not exist), or for a chain slot (`chain:...`) the id of
+/// the program in it, 0 when it is empty.
+pub fn target_now(label: &str) -> Option<u32> {
+    match super::chain::parse_label(label) {
+        Some(slot) => super::chain::slot_prog_id(&slot)
+            .ok()
+            .map(|id| id.unwrap_or(0)),
+        None => if_index(label),
+    }
+}
+
 /// The index of `iface` in this network namespace, if it exists.
 pub fn if_index(iface: &str) -> Option<u32> {
     super::kernel::if_index(iface)

@@ -14,9 +14,8 @@ pub fn xdp_prog_on(ifindex: u32) -> io::Result<Option<u32>> {
 
 /// The name the kernel holds for program `id` (its first 15 bytes), or a placeholder.
 pub fn prog_name(id: u32) -> String {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == id)
+    super::dispatcher::program_info(id)
+        .ok()
         .and_then(|p| p.name_as_str().map(str::to_string))
         .filter(|n| !n.is_empty())
         .map_or_else(|| "an unnamed program".to_string(), |n| format!("{n:?}"))
